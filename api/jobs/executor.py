@@ -1,0 +1,232 @@
+"""Run one job: bring the clone to the wanted commit, then run make."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from api.jobs import environment, git
+from api.jobs.logs import LogWriter
+from api.jobs.process import Outcome, ProcessResult, run_process
+from api.storage.records import JobKind, JobRecord, JobStatus, RepositoryRecord
+
+logger = logging.getLogger(__name__)
+
+TAIL_BYTES = 8192
+
+
+@dataclass
+class JobPlan:
+    """Everything a job needs, decrypted and resolved before it starts."""
+
+    job: JobRecord
+    repository: RepositoryRecord
+    token: str
+    clone_url: str
+    clone_dir: Path
+    log_path: Path
+    env_layers: Sequence[Mapping[str, str]]
+    secrets: Sequence[str]
+    timeout: float
+    kill_grace: float
+    log_max_bytes: int
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    stop_status: JobStatus = JobStatus.CANCELLED
+
+
+@dataclass(frozen=True)
+class JobResult:
+    status: JobStatus
+    exit_code: int | None = None
+    reason: str | None = None
+    sha: str | None = None
+    git_auth_failed: bool = False
+
+
+class _StepFailed(Exception):
+    def __init__(self, result: JobResult) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
+
+class JobExecutor:
+    """Runs the steps of one job, writing everything to its log."""
+
+    def __init__(
+        self,
+        plan: JobPlan,
+        *,
+        host_env: Mapping[str, str],
+        on_process: Callable[[int], None],
+        on_sha: Callable[[str], None],
+        on_output: Callable[[], None],
+    ) -> None:
+        self.plan = plan
+        self.host_env = host_env
+        self.on_process = on_process
+        self.on_sha = on_sha
+        self.on_output = on_output
+        self.started = time.monotonic()
+        self.log = LogWriter(
+            plan.log_path,
+            secrets=[plan.token, *plan.secrets],
+            max_bytes=plan.log_max_bytes,
+        )
+        self._tail: collections.deque[bytes] = collections.deque()
+        self._tail_size = 0
+
+    async def run(self) -> JobResult:
+        job = self.plan.job
+        self.log.line(
+            f"[hobotnica] {job.kind} job #{job.number} of "
+            f"{self.plan.repository.full_name}"
+            + (f" at {job.ref}" if job.ref else "")
+            + (f" ({job.sha})" if job.sha else "")
+        )
+        try:
+            result = await self._run_steps()
+        except _StepFailed as failed:
+            result = failed.result
+        except OSError as err:
+            logger.exception("Job #%s failed on the file system", job.number)
+            result = JobResult(JobStatus.ERROR, reason=f"file system error: {err}")
+        finally:
+            elapsed = time.monotonic() - self.started
+        self.log.line(
+            f"[hobotnica] {result.status}"
+            + (f" (exit code {result.exit_code})" if result.exit_code is not None else "")
+            + (f": {result.reason}" if result.reason else "")
+            + f" in {elapsed:.1f} s"
+        )
+        self.log.close()
+        self.on_output()
+        return result
+
+    async def _run_steps(self) -> JobResult:
+        job = self.plan.job
+        if job.kind is JobKind.CLONE:
+            await self._clone()
+            sha = await self._head()
+            return JobResult(JobStatus.SUCCESS, exit_code=0, sha=sha)
+        if not (self.plan.clone_dir / ".git").is_dir():
+            self.log.line("[hobotnica] no usable clone: cloning again")
+            await self._clone()
+        for argv in git.checkout_steps(
+            self.plan.clone_dir,
+            branch=self.plan.repository.branch,
+            ref=job.ref,
+            sha=job.sha,
+        ):
+            await self._git(argv)
+        sha = await self._head()
+        target = "test" if job.kind is JobKind.TEST else "deploy"
+        env = environment.build_job_env(
+            self.host_env,
+            job_id=str(job.number),
+            job_kind=str(job.kind),
+            repository=self.plan.repository.full_name,
+            sha=sha,
+            branch=job.ref or self.plan.repository.branch,
+            layers=self.plan.env_layers,
+        )
+        result = await self._process(["make", target], env)
+        if result.outcome is not Outcome.EXITED:
+            return self._stopped(result, sha)
+        status = JobStatus.SUCCESS if result.returncode == 0 else JobStatus.FAILED
+        return JobResult(status, exit_code=result.returncode, sha=sha)
+
+    async def _clone(self) -> None:
+        target = self.plan.clone_dir
+        temporary = target.with_name(f"{target.name}.clone-{self.plan.job.number}")
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.parent.mkdir(parents=True, exist_ok=True)
+        for argv in git.clone_steps(
+            self.plan.clone_url, temporary, self.plan.repository.branch
+        ):
+            await self._git(argv, cwd=temporary.parent)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(temporary, target)
+
+    async def _head(self) -> str:
+        sha = await git.rev_parse(self.plan.clone_dir, "HEAD", self._git_env())
+        if sha is None:
+            raise _StepFailed(
+                JobResult(JobStatus.ERROR, reason="the clone has no commit")
+            )
+        self.on_sha(sha)
+        return sha
+
+    def _git_env(self) -> dict[str, str]:
+        base = {
+            name: self.host_env[name]
+            for name in environment.ALLOWED_HOST_VARS
+            if name in self.host_env
+        }
+        return {**git.git_base_env(base), **git.auth_env(self.plan.token)}
+
+    async def _git(self, argv: Sequence[str], cwd: Path | None = None) -> None:
+        self._tail.clear()
+        self._tail_size = 0
+        result = await self._process(argv, self._git_env(), cwd=cwd)
+        if result.outcome is not Outcome.EXITED:
+            raise _StepFailed(self._stopped(result, None))
+        if result.returncode != 0:
+            output = b"".join(self._tail).decode("utf-8", "replace")
+            auth = git.is_auth_failure(output)
+            step = " ".join(argv[1:3]) if argv[1:2] != ["-C"] else argv[3]
+            raise _StepFailed(
+                JobResult(
+                    JobStatus.ERROR,
+                    reason=f"git {step} failed (exit code {result.returncode})"
+                    + ("; GitHub refused the stored token" if auth else ""),
+                    git_auth_failed=auth,
+                )
+            )
+
+    async def _process(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None
+    ) -> ProcessResult:
+        remaining = self.plan.timeout - (time.monotonic() - self.started)
+        if remaining <= 0:
+            return ProcessResult(Outcome.TIMED_OUT, None, 0.0)
+        self.log.line("$ " + " ".join(argv))
+        return await run_process(
+            argv,
+            cwd=cwd or self.plan.clone_dir,
+            env=env,
+            sink=self._sink,
+            timeout=remaining,
+            cancel=self.plan.cancel,
+            kill_grace=self.plan.kill_grace,
+            on_start=self.on_process,
+        )
+
+    def _sink(self, chunk: bytes) -> None:
+        self.log.write(chunk)
+        self._tail.append(chunk)
+        self._tail_size += len(chunk)
+        while self._tail_size - len(self._tail[0]) >= TAIL_BYTES:
+            self._tail_size -= len(self._tail.popleft())
+        self.on_output()
+
+    def _stopped(self, result: ProcessResult, sha: str | None) -> JobResult:
+        if result.outcome is Outcome.TIMED_OUT:
+            return JobResult(
+                JobStatus.TIMED_OUT,
+                reason=f"killed after the {self.plan.timeout:g} s job timeout",
+                sha=sha,
+            )
+        status = self.plan.stop_status
+        reason = (
+            "cancelled on request"
+            if status is JobStatus.CANCELLED
+            else "stopped by a server shutdown"
+        )
+        return JobResult(status, reason=reason, sha=sha)

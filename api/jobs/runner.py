@@ -1,0 +1,380 @@
+"""The scheduler: claims queued jobs and keeps the registry of running ones."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from api.crypto import SecretBox
+from api.errors import ServiceUnavailable
+from api.jobs.events import EventType, JobEvent, JobEvents
+from api.jobs.executor import JobExecutor, JobPlan, JobResult
+from api.jobs.instances import InstanceLock, is_alive, new_instance_id
+from api.jobs.process import kill_process_group
+from api.settings import Settings
+from api.storage import Storage
+from api.storage.records import (
+    JobKind,
+    JobRecord,
+    JobStatus,
+    RepositoryRecord,
+    RepositoryStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+POLL_INTERVAL = 1.0
+ORPHAN_CHECK_INTERVAL = 10.0
+
+
+@dataclass
+class RunningJob:
+    plan: JobPlan
+    task: asyncio.Task[None] | None = None
+    output: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def clone_dir(settings: Settings, repository_id: int) -> Path:
+    return settings.clones_dir / str(repository_id)
+
+
+def log_dir(settings: Settings, repository_id: int) -> Path:
+    return settings.logs_dir / str(repository_id)
+
+
+def log_path(settings: Settings, repository_id: int, number: int) -> Path:
+    return log_dir(settings, repository_id) / f"{number}.log"
+
+
+class JobRunner:
+    """Runs up to ``max_jobs`` jobs at once, one per repository.
+
+    Jobs are claimed from SQLite atomically, so several instances sharing one
+    data dir never run the same job or two jobs of one repository.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        box: SecretBox,
+        events: JobEvents,
+        *,
+        host_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.box = box
+        self.events = events
+        self.host_env = dict(os.environ if host_env is None else host_env)
+        self.instance_id = new_instance_id()
+        self.running: dict[int, RunningJob] = {}
+        self.draining = False
+        self._lock = InstanceLock(settings.instances_dir, self.instance_id)
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._last_orphan_check = 0.0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        self._lock.acquire()
+        await self.recover_orphans()
+        self._loop_task = asyncio.create_task(self._loop(), name="job-runner")
+        logger.info("Job runner %s started", self.instance_id)
+
+    @property
+    def accepting(self) -> bool:
+        task = self._loop_task
+        return not self.draining and task is not None and not task.done()
+
+    def ensure_accepting(self) -> None:
+        if self.draining:
+            raise ServiceUnavailable(
+                "Hobotnica is shutting down and takes no new jobs", retry_after=10
+            )
+
+    async def drain(self, timeout: float) -> None:
+        """Stop claiming; wait up to ``timeout`` s, then interrupt the rest."""
+        self.draining = True
+        self._wake.set()
+        tasks = [r.task for r in self.running.values() if r.task is not None]
+        if tasks:
+            logger.info(
+                "Draining: waiting up to %g s for %d running job(s)",
+                timeout,
+                len(tasks),
+            )
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                logger.warning("Interrupting %d job(s) after %g s", len(pending), timeout)
+        await self.close()
+
+    async def close(self) -> None:
+        """Interrupt running jobs (queued ones stay queued) and stop."""
+        self.draining = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        for running in list(self.running.values()):
+            running.plan.stop_status = JobStatus.INTERRUPTED
+            running.plan.cancel.set()
+        tasks = [r.task for r in self.running.values() if r.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.kill_grace + 10)
+        self._lock.release()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- queueing and cancelling ------------------------------------------
+
+    def announce(
+        self,
+        repository: RepositoryRecord,
+        job: JobRecord,
+        superseded: list[JobRecord] | None = None,
+    ) -> None:
+        """Tell subscribers about a committed new job and wake the loop."""
+        for old in superseded or ():
+            self.events.emit(JobEvent(EventType.FINISHED, old, repository))
+        self.events.emit(JobEvent(EventType.QUEUED, job, repository))
+        self._wake.set()
+
+    async def cancel(self, repository: RepositoryRecord, job: JobRecord) -> JobRecord | None:
+        """Cancel a queued or running job; None if it has ended already."""
+        async with self.storage.db.transaction() as conn:
+            updated = await self.storage.jobs.request_cancel(conn, job.id)
+        if updated is None:
+            return None
+        if updated.status is JobStatus.CANCELLED:
+            self.events.emit(JobEvent(EventType.FINISHED, updated, repository))
+        elif (running := self.running.get(job.id)) is not None:
+            running.plan.stop_status = JobStatus.CANCELLED
+            running.plan.cancel.set()
+        return updated
+
+    async def stop_repository_jobs(self, repository: RepositoryRecord) -> None:
+        """Cancel every active job of a repository and wait for local ones."""
+        for job in await self.storage.jobs.active_of_repository(repository.id):
+            await self.cancel(repository, job)
+        tasks = [
+            r.task
+            for r in self.running.values()
+            if r.plan.repository.id == repository.id and r.task is not None
+        ]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.kill_grace + 10)
+
+    def output_event(self, job_id: int) -> asyncio.Event | None:
+        running = self.running.get(job_id)
+        return None if running is None else running.output
+
+    # -- the loop ------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while not self.draining:
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("Job runner tick failed; retrying")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_orphan_check > ORPHAN_CHECK_INTERVAL:
+            self._last_orphan_check = now
+            await self.recover_orphans()
+        if self.running:
+            await self._pick_up_remote_cancels()
+        while len(self.running) < self.settings.max_jobs and not self.draining:
+            if not await self.storage.jobs.has_claimable():
+                return
+            async with self.storage.db.transaction() as conn:
+                job = await self.storage.jobs.claim(conn, self.instance_id)
+            if job is None:
+                return
+            await self._start(job)
+
+    async def _pick_up_remote_cancels(self) -> None:
+        for job_id in await self.storage.jobs.cancel_requested(self.instance_id):
+            running = self.running.get(job_id)
+            if running is not None and not running.plan.cancel.is_set():
+                running.plan.stop_status = JobStatus.CANCELLED
+                running.plan.cancel.set()
+
+    async def _start(self, job: JobRecord) -> None:
+        repository = await self.storage.repositories.get_by_id(job.repository_id)
+        if repository is None:
+            return
+        try:
+            plan = await self._plan(job, repository)
+        except Exception:
+            logger.exception("Cannot prepare job #%s", job.number)
+            await self._finish(
+                job, repository, JobResult(JobStatus.ERROR, reason="cannot prepare the job")
+            )
+            return
+        running = RunningJob(plan)
+        self.running[job.id] = running
+        running.task = asyncio.create_task(
+            self._run(running), name=f"job-{repository.full_name}#{job.number}"
+        )
+        self.events.emit(JobEvent(EventType.STARTED, job, repository))
+
+    async def _plan(self, job: JobRecord, repository: RepositoryRecord) -> JobPlan:
+        owner_env = await self.storage.env.owner_entries(repository.owner)
+        repository_env = await self.storage.env.repository_entries(repository.id)
+        layers: list[dict[str, str]] = []
+        secrets: list[str] = []
+        for entries in (owner_env, repository_env):
+            layer = {}
+            for entry in entries:
+                value = self.box.decrypt(entry.value) if entry.is_secret else entry.value
+                if entry.is_secret:
+                    secrets.append(value)
+                layer[entry.name] = value
+            layers.append(layer)
+        return JobPlan(
+            job=job,
+            repository=repository,
+            token=self.box.decrypt(repository.token_encrypted),
+            clone_url=self.settings.github_clone_url.format(
+                owner=repository.owner, name=repository.name
+            ),
+            clone_dir=clone_dir(self.settings, repository.id),
+            log_path=log_path(self.settings, repository.id, job.number),
+            env_layers=layers,
+            secrets=secrets,
+            timeout=self.settings.job_timeout,
+            kill_grace=self.settings.kill_grace,
+            log_max_bytes=self.settings.log_max_bytes,
+        )
+
+    async def _run(self, running: RunningJob) -> None:
+        plan = running.plan
+        job = plan.job
+        pgids: list[int] = []
+
+        def on_process(pgid: int) -> None:
+            pgids.append(pgid)
+            asyncio.ensure_future(self._store(self.storage.jobs.set_pgid, job.id, pgid))
+
+        def on_sha(sha: str) -> None:
+            if sha != job.sha:
+                asyncio.ensure_future(self._store(self.storage.jobs.set_sha, job.id, sha))
+
+        def on_output() -> None:
+            running.output.set()
+
+        try:
+            executor = JobExecutor(
+                plan,
+                host_env=self.host_env,
+                on_process=on_process,
+                on_sha=on_sha,
+                on_output=on_output,
+            )
+            result = await executor.run()
+        except Exception:
+            logger.exception("Job #%s of %s crashed", job.number, plan.repository.full_name)
+            result = JobResult(JobStatus.ERROR, reason="internal error")
+        finally:
+            del self.running[job.id]
+            running.output.set()
+        await asyncio.shield(self._finish(job, plan.repository, result))
+        self._wake.set()
+
+    async def _store(self, method, job_id: int, value: object) -> None:  # type: ignore[no-untyped-def]
+        try:
+            async with self.storage.db.transaction() as conn:
+                await method(conn, job_id, value)
+        except Exception:
+            logger.exception("Cannot record job %s detail", job_id)
+
+    async def _finish(
+        self, job: JobRecord, repository: RepositoryRecord, result: JobResult
+    ) -> None:
+        async with self.storage.db.transaction() as conn:
+            if result.sha:
+                await self.storage.jobs.set_sha(conn, job.id, result.sha)
+            finished = await self.storage.jobs.finish(
+                conn,
+                job.id,
+                result.status,
+                exit_code=result.exit_code,
+                reason=result.reason,
+            )
+            if job.kind is JobKind.CLONE and repository.status is RepositoryStatus.CLONING:
+                ok = result.status is JobStatus.SUCCESS
+                await self.storage.repositories.set_status(
+                    conn,
+                    repository.id,
+                    RepositoryStatus.READY if ok else RepositoryStatus.FAILED,
+                    None if ok else result.reason,
+                )
+        if finished is None:
+            return
+        logger.info(
+            "Job #%s (%s) of %s ended %s",
+            job.number,
+            job.kind,
+            repository.full_name,
+            finished.status,
+        )
+        self.events.emit(JobEvent(EventType.FINISHED, finished, repository))
+        if result.git_auth_failed:
+            self.events.emit(JobEvent(EventType.GIT_AUTH_FAILED, finished, repository))
+
+    # -- recovery ---------------------------------------------------------------
+
+    async def recover_orphans(self) -> int:
+        """Mark ``interrupted`` the running jobs of processes that died."""
+        count = 0
+        for job in await self.storage.jobs.running():
+            if job.runner == self.instance_id:
+                continue
+            if job.runner and is_alive(self.settings.instances_dir, job.runner):
+                continue
+            if job.pgid:
+                kill_process_group(job.pgid, 9) if _is_job_group(job) else None
+            async with self.storage.db.transaction() as conn:
+                finished = await self.storage.jobs.finish(
+                    conn,
+                    job.id,
+                    JobStatus.INTERRUPTED,
+                    reason="the server running it stopped",
+                )
+            repository = await self.storage.repositories.get_by_id(job.repository_id)
+            if finished is not None and repository is not None:
+                count += 1
+                logger.warning(
+                    "Job #%s of %s was left running by %s: interrupted",
+                    job.number,
+                    repository.full_name,
+                    job.runner,
+                )
+                self.events.emit(JobEvent(EventType.FINISHED, finished, repository))
+        return count
+
+
+def _is_job_group(job: JobRecord) -> bool:
+    """Check that the process group still runs this job before killing it."""
+    try:
+        environ = Path(f"/proc/{job.pgid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"HOBOTNICA_JOB={job.number}".encode() in environ.split(b"\0")

@@ -1,0 +1,119 @@
+"""Operation handlers of jobs: deploys, listing, logs, cancelling."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from rororo import OperationTableDef, openapi_context
+
+from api import auth
+from api.jobs import service
+from api.jobs.logs import follow_log, read_log
+from api.jobs.serializers import job_to_dict
+from api.keys import RUNNER, SETTINGS, STORAGE
+from api.storage.records import JobKind
+
+operations = OperationTableDef()
+
+LOG_CHUNK = 256 * 1024
+
+
+@operations.register
+async def create_deploy(request: web.Request) -> web.Response:
+    with openapi_context(request) as context:
+        body = context.data or {}
+        ref, sha = body.get("ref"), body.get("sha")
+        require_tests = bool(body.get("require_tests", False))
+    allowed, repository = await auth.authorize_registered(request, push=True)
+    job = await service.queue_deploy(
+        request.app[STORAGE],
+        request.app[RUNNER],
+        repository,
+        login=allowed.caller.login,
+        ref=ref,
+        sha=sha,
+        require_tests=require_tests,
+    )
+    data = job_to_dict(job, repository, request.app[SETTINGS].base_url)
+    return web.json_response(data, status=202, headers={"Location": data["url"]})
+
+
+@operations.register
+async def list_jobs(request: web.Request) -> web.Response:
+    with openapi_context(request) as context:
+        kind = context.parameters.query.get("kind")
+        limit = context.parameters.query.get("limit", 20)
+        offset = context.parameters.query.get("offset", 0)
+    _, repository = await auth.authorize_registered(request, push=False)
+    jobs, total = await request.app[STORAGE].jobs.list(
+        repository.id,
+        kind=None if kind is None else JobKind(kind),
+        limit=limit,
+        offset=offset,
+    )
+    base_url = request.app[SETTINGS].base_url
+    items = [job_to_dict(job, repository, base_url) for job in jobs]
+    return web.json_response({"items": items, "total": total})
+
+
+@operations.register
+async def retrieve_job(request: web.Request) -> web.Response:
+    with openapi_context(request) as context:
+        number = context.parameters.path["number"]
+    _, repository = await auth.authorize_registered(request, push=False)
+    job = await service.get_job(request.app[STORAGE], repository, number)
+    return web.json_response(
+        job_to_dict(job, repository, request.app[SETTINGS].base_url)
+    )
+
+
+@operations.register
+async def cancel_job(request: web.Request) -> web.Response:
+    with openapi_context(request) as context:
+        number = context.parameters.path["number"]
+    _, repository = await auth.authorize_registered(request, push=True)
+    storage = request.app[STORAGE]
+    job = await service.get_job(storage, repository, number)
+    updated = await service.cancel(storage, request.app[RUNNER], repository, job)
+    return web.json_response(
+        job_to_dict(updated, repository, request.app[SETTINGS].base_url), status=202
+    )
+
+
+@operations.register
+async def retrieve_job_log(request: web.Request) -> web.StreamResponse:
+    with openapi_context(request) as context:
+        number = context.parameters.path["number"]
+        offset = context.parameters.query.get("offset", 0)
+        follow = context.parameters.query.get("follow", False)
+    _, repository = await auth.authorize_registered(request, push=False)
+    storage = request.app[STORAGE]
+    runner = request.app[RUNNER]
+    job = await service.get_job(storage, repository, number)
+    path = service.job_log_path(runner, repository, job)
+    headers = {"X-Job-Status": str(job.status), "Cache-Control": "no-store"}
+    if not follow or job.status.is_finished:
+        return web.Response(
+            body=read_log(path, offset, limit=None),
+            content_type="text/plain",
+            charset="utf-8",
+            headers=headers,
+        )
+
+    async def is_finished() -> bool:
+        current = await storage.jobs.get_by_id(job.id)
+        return current is None or current.status.is_finished
+
+    response = web.StreamResponse(headers={**headers, "X-Accel-Buffering": "no"})
+    response.content_type = "text/plain"
+    response.charset = "utf-8"
+    await response.prepare(request)
+    async for chunk in follow_log(
+        path,
+        offset,
+        is_finished,
+        wake=runner.output_event(job.id),
+        chunk_size=LOG_CHUNK,
+    ):
+        await response.write(chunk)
+    await response.write_eof()
+    return response

@@ -1,0 +1,150 @@
+"""Request id, body limits and the one place that renders errors."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+import uuid
+
+from aiohttp import web
+from aiohttp_middlewares import NON_IDEMPOTENT_METHODS, shield_middleware
+from aiohttp_middlewares.annotations import Handler, Middleware
+from aiohttp_middlewares.error import error_context
+from rororo.openapi.exceptions import OpenAPIError
+
+from api import github
+from api.errors import ApiError, BadGateway
+from api.log import request_id_var
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def error_response(err: BaseException) -> web.Response:
+    """Turn any exception into a JSON ``{"detail": ...}`` answer."""
+    if isinstance(err, ApiError):
+        return web.json_response(
+            {"detail": err.detail}, status=err.status, headers=err.headers
+        )
+    if isinstance(err, OpenAPIError):
+        data = getattr(err, "data", None) or {"detail": str(err)}
+        status = getattr(err, "status", 500)
+        if status >= 500:
+            logger.error("OpenAPI failure: %s", err)
+            data = {"detail": "Internal Server Error"}
+        return web.json_response(data, status=status, headers=err.headers)
+    if isinstance(err, github.InvalidCredentials):
+        return web.json_response({"detail": "Invalid credentials"}, status=403)
+    if isinstance(err, github.RepositoryNotFound | github.OwnerNotFound):
+        return web.json_response({"detail": "Not found on GitHub"}, status=404)
+    if isinstance(err, github.RateLimited):
+        retry = max(1, int(err.retry_after))
+        return error_response(
+            BadGateway(
+                f"GitHub rate limit reached; retry in {retry} s",
+                headers={"Retry-After": str(retry)},
+            )
+        )
+    if isinstance(err, github.GitHubError):
+        headers = {}
+        retry_after = getattr(err, "retry_after", None)
+        if retry_after:
+            headers["Retry-After"] = str(max(1, int(retry_after)))
+        return error_response(BadGateway(headers=headers))
+    if isinstance(err, web.HTTPException):
+        return web.json_response(
+            {"detail": err.reason}, status=err.status, headers=_allow(err)
+        )
+    if isinstance(err, sqlite3.OperationalError | OSError):
+        logger.exception("Storage failure")
+        return web.json_response(
+            {"detail": "Storage is unavailable"},
+            status=503,
+            headers={"Retry-After": "5"},
+        )
+    logger.exception("Unhandled error", exc_info=err)
+    return web.json_response({"detail": "Internal Server Error"}, status=500)
+
+
+def _allow(err: web.HTTPException) -> dict[str, str]:
+    allow = err.headers.get("Allow")
+    return {"Allow": allow} if allow else {}
+
+
+async def render_error(request: web.Request) -> web.Response:
+    """Error handler for rororo's error middleware (operation handlers)."""
+    with error_context(request) as context:
+        return error_response(context.err)
+
+
+@web.middleware
+async def request_id_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Keep or make ``X-Request-ID``; the outermost safety net for errors."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = request_id
+    token = request_id_var.set(request_id)
+    try:
+        return await handler(request)
+    except web.HTTPRedirection:
+        raise
+    except Exception as err:
+        return error_response(err)
+    finally:
+        request_id_var.reset(token)
+
+
+async def add_request_id_header(
+    request: web.Request, response: web.StreamResponse
+) -> None:
+    request_id = request.get(REQUEST_ID_KEY)
+    if request_id:
+        response.headers[REQUEST_ID_HEADER] = request_id
+
+
+def body_limit_middleware(
+    default_limit: int, large_limit: int, large_routes: frozenset[str]
+) -> Middleware:
+    """Small bodies everywhere, large ones only on the named routes.
+
+    The app's ``client_max_size`` is the large limit; routes named in
+    ``large_routes`` (rororo names routes by operationId) keep it, every
+    other request is cut down to ``default_limit``.
+    """
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        if request.method not in NON_IDEMPOTENT_METHODS:
+            return await handler(request)
+        route_name = request.match_info.route.name or ""
+        limit = large_limit if route_name in large_routes else default_limit
+        length = request.content_length
+        if length is not None and length > limit:
+            return web.json_response(
+                {"detail": f"Request body is larger than {limit} bytes"},
+                status=413,
+            )
+        if limit != large_limit:
+            request = request.clone(client_max_size=limit)
+        return await handler(request)
+
+    return middleware
+
+
+def outer_middlewares(
+    body_limit: int, large_body_limit: int, large_routes: frozenset[str]
+) -> list[Middleware]:
+    """Middlewares that run before rororo's validation, outermost first."""
+    return [
+        request_id_middleware,
+        shield_middleware(methods=NON_IDEMPOTENT_METHODS),
+        body_limit_middleware(body_limit, large_body_limit, large_routes),
+    ]

@@ -1,0 +1,80 @@
+"""Register, find and remove repositories."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+
+from api.crypto import SecretBox
+from api.errors import Conflict
+from api.github import RepositoryAccess
+from api.jobs.runner import JobRunner, clone_dir, log_dir
+from api.storage import RepositoryExists, Storage
+from api.storage.records import JobKind, JobRecord, RepositoryRecord
+
+
+async def register(
+    storage: Storage,
+    box: SecretBox,
+    runner: JobRunner,
+    *,
+    access: RepositoryAccess,
+    login: str,
+    token: str,
+    branch: str | None,
+) -> tuple[RepositoryRecord, JobRecord]:
+    """Store the repository with the caller's token and queue its clone."""
+    runner.ensure_accepting()
+    tracked = branch or access.default_branch
+    if not tracked:
+        raise Conflict(
+            f"{access.owner}/{access.name} has no default branch on GitHub;"
+            " name the branch to track"
+        )
+    try:
+        async with storage.db.transaction() as conn:
+            repository = await storage.repositories.create(
+                conn,
+                owner=access.owner,
+                name=access.name,
+                branch=tracked,
+                private=access.is_private,
+                registered_by=login,
+                token_encrypted=box.encrypt(token),
+                webhook_uid=secrets.token_urlsafe(24),
+                webhook_secret_encrypted=box.encrypt(secrets.token_hex(32)),
+            )
+            job, _ = await storage.jobs.enqueue(
+                conn,
+                repository_id=repository.id,
+                kind=JobKind.CLONE,
+                ref=tracked,
+                sha=None,
+                trigger={"type": "register", "user": login},
+            )
+    except RepositoryExists:
+        raise Conflict(
+            f"{access.owner}/{access.name} is registered already"
+        ) from None
+    runner.announce(repository, job)
+    return repository, job
+
+
+async def unregister(
+    storage: Storage, runner: JobRunner, repository: RepositoryRecord
+) -> None:
+    """Stop its jobs, then remove its rows, clone and logs."""
+    await runner.stop_repository_jobs(repository)
+    async with storage.db.transaction() as conn:
+        await storage.repositories.delete(conn, repository.id)
+    await asyncio.to_thread(remove_files, runner, repository)
+
+
+def remove_files(runner: JobRunner, repository: RepositoryRecord) -> None:
+    shutil.rmtree(clone_dir(runner.settings, repository.id), ignore_errors=True)
+    shutil.rmtree(log_dir(runner.settings, repository.id), ignore_errors=True)
+
+
+def webhook_secret(box: SecretBox, repository: RepositoryRecord) -> str:
+    return box.decrypt(repository.webhook_secret_encrypted)

@@ -1,0 +1,157 @@
+"""One aiosqlite connection per process, WAL mode, versioned migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 10_000
+
+Row = sqlite3.Row
+
+
+class Database:
+    """A shared connection; writes go through :meth:`transaction`.
+
+    All coroutines of the process share one connection, so a write
+    transaction holds an asyncio lock: statements of two transactions never
+    interleave. ``BEGIN IMMEDIATE`` takes SQLite's write lock up front, which
+    serialises writers across processes (two instances in a blue-green switch).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._connection: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        if self._connection is None:
+            raise RuntimeError("Database is not open")
+        return self._connection
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = await aiosqlite.connect(
+            self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        connection.row_factory = sqlite3.Row
+        await connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await _set_wal(connection)
+        await connection.execute("PRAGMA synchronous = NORMAL")
+        await connection.execute("PRAGMA foreign_keys = ON")
+        self._connection = connection
+        await apply_migrations(self)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            connection = self.connection
+            await connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                await asyncio.shield(connection.rollback())
+                raise
+            else:
+                await asyncio.shield(connection.commit())
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        async with self.connection.execute(sql, params) as cursor:
+            row: Row | None = await cursor.fetchone()
+            return row
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        async with self.connection.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def fetch_value(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = await self.fetch_one(sql, params)
+        return None if row is None else row[0]
+
+    async def ping(self) -> None:
+        await self.fetch_value("SELECT 1")
+
+
+async def _set_wal(connection: aiosqlite.Connection) -> None:
+    # Switching to WAL needs a moment without other writers; retry briefly
+    # when a second process is doing the same.
+    for attempt in range(50):
+        try:
+            await connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError:
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.05)
+
+
+def migration_scripts() -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` for every shipped migration, in order."""
+    folder = resources.files("api.storage") / "migrations"
+    scripts = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            scripts.append((version, entry.name, entry.read_text("utf-8")))
+    return sorted(scripts)
+
+
+def split_statements(sql: str) -> Iterable[str]:
+    statement = ""
+    for line in sql.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            if statement.strip():
+                yield statement.strip()
+            statement = ""
+    if statement.strip() and not all(
+        part.strip().startswith("--") or not part.strip()
+        for part in statement.splitlines()
+    ):
+        raise ValueError("Migration ends with an incomplete statement")
+
+
+async def apply_migrations(database: Database) -> list[int]:
+    """Apply missing migrations; safe when two processes start at once."""
+    async with database.transaction() as connection:
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at REAL NOT NULL)"
+        )
+        async with connection.execute(
+            "SELECT version FROM schema_migrations"
+        ) as cursor:
+            applied = {row[0] for row in await cursor.fetchall()}
+        done = []
+        for version, name, sql in migration_scripts():
+            if version in applied:
+                continue
+            for statement in split_statements(sql):
+                await connection.execute(statement)
+            await connection.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at)"
+                " VALUES (?, ?, ?)",
+                (version, name, time.time()),
+            )
+            done.append(version)
+    if done:
+        logger.info("Applied migrations %s to %s", done, database.path)
+    return done

@@ -1,0 +1,58 @@
+"""Webhook deliveries, recorded once each."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import aiosqlite
+
+from api.storage.db import Database
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    delivery_id: str
+    event: str
+    result: str
+    job_id: int | None
+
+
+class DeliveryStore:
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    async def find(
+        self, conn: aiosqlite.Connection, repository_id: int, delivery_id: str
+    ) -> DeliveryRecord | None:
+        async with conn.execute(
+            "SELECT delivery_id, event, result, job_id FROM deliveries"
+            " WHERE repository_id = ? AND delivery_id = ?",
+            (repository_id, delivery_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else DeliveryRecord(*row)
+
+    async def record(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        repository_id: int,
+        delivery_id: str,
+        event: str,
+        result: str,
+        job_id: int | None,
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO deliveries"
+            " (repository_id, delivery_id, event, result, job_id, received_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (repository_id, delivery_id, event, result, job_id, time.time()),
+        )
+
+    async def count(self, repository_id: int) -> int:
+        value = await self.db.fetch_value(
+            "SELECT count(*) FROM deliveries WHERE repository_id = ?",
+            (repository_id,),
+        )
+        return int(value)

@@ -1,0 +1,261 @@
+"""Queries of the ``jobs`` table, including the atomic claim of queued jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiosqlite
+
+from api.storage.db import Database
+from api.storage.records import JobKind, JobRecord, JobStatus
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+async def _one(
+    conn: aiosqlite.Connection, sql: str, params: Iterable[Any]
+) -> JobRecord | None:
+    async with conn.execute(sql, tuple(params)) as cursor:
+        row = await cursor.fetchone()
+    return None if row is None else JobRecord.from_row(row)
+
+
+class JobStore:
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    async def enqueue(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        repository_id: int,
+        kind: JobKind,
+        ref: str | None,
+        sha: str | None,
+        trigger: Mapping[str, Any],
+        supersede: bool = False,
+    ) -> tuple[JobRecord, list[JobRecord]]:
+        """Queue a job; with ``supersede`` retire queued tests of the same ref.
+
+        Returns the new job and the jobs it superseded.
+        """
+        async with conn.execute(
+            "UPDATE repositories SET last_job_number = last_job_number + 1"
+            " WHERE id = ? RETURNING last_job_number",
+            (repository_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise LookupError(f"repository {repository_id} is gone")
+        now = time.time()
+        job = await _one(
+            conn,
+            "INSERT INTO jobs (repository_id, number, kind, status, ref, sha,"
+            " trigger, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+            (
+                repository_id,
+                row[0],
+                kind,
+                JobStatus.QUEUED,
+                ref,
+                sha,
+                json.dumps(dict(trigger)),
+                now,
+            ),
+        )
+        assert job is not None
+        superseded: list[JobRecord] = []
+        if supersede:
+            async with conn.execute(
+                "UPDATE jobs SET status = ?, finished_at = ?, reason = ?"
+                " WHERE repository_id = ? AND kind = ? AND status = ?"
+                " AND ref IS ? AND id < ? RETURNING *",
+                (
+                    JobStatus.SUPERSEDED,
+                    now,
+                    f"superseded by job #{job.number}",
+                    repository_id,
+                    kind,
+                    JobStatus.QUEUED,
+                    ref,
+                    job.id,
+                ),
+            ) as cursor:
+                superseded = [JobRecord.from_row(r) for r in await cursor.fetchall()]
+        return job, superseded
+
+    async def claim(
+        self, conn: aiosqlite.Connection, runner: str
+    ) -> JobRecord | None:
+        """Take the oldest queued job of a repository with nothing running.
+
+        Runs inside ``BEGIN IMMEDIATE``, so two instances sharing the database
+        can never claim the same job or run two jobs of one repository.
+        """
+        return await _one(
+            conn,
+            "UPDATE jobs SET status = ?, runner = ?, started_at = ?"
+            " WHERE id = ("
+            "  SELECT q.id FROM jobs AS q"
+            "  JOIN repositories AS r ON r.id = q.repository_id"
+            "  WHERE q.status = ? AND r.status != 'revoked'"
+            "  AND NOT EXISTS (SELECT 1 FROM jobs AS b"
+            "   WHERE b.repository_id = q.repository_id AND b.status = ?)"
+            "  ORDER BY q.id LIMIT 1"
+            " ) RETURNING *",
+            (
+                JobStatus.RUNNING,
+                runner,
+                time.time(),
+                JobStatus.QUEUED,
+                JobStatus.RUNNING,
+            ),
+        )
+
+    async def has_claimable(self) -> bool:
+        value = await self.db.fetch_value(
+            "SELECT 1 FROM jobs AS q WHERE q.status = ? AND NOT EXISTS ("
+            " SELECT 1 FROM jobs AS b WHERE b.repository_id = q.repository_id"
+            " AND b.status = ?) LIMIT 1",
+            (JobStatus.QUEUED, JobStatus.RUNNING),
+        )
+        return value is not None
+
+    async def set_pgid(self, conn: aiosqlite.Connection, job_id: int, pgid: int) -> None:
+        await conn.execute("UPDATE jobs SET pgid = ? WHERE id = ?", (pgid, job_id))
+
+    async def set_sha(self, conn: aiosqlite.Connection, job_id: int, sha: str) -> None:
+        await conn.execute("UPDATE jobs SET sha = ? WHERE id = ?", (sha, job_id))
+
+    async def finish(
+        self,
+        conn: aiosqlite.Connection,
+        job_id: int,
+        status: JobStatus,
+        *,
+        exit_code: int | None = None,
+        reason: str | None = None,
+    ) -> JobRecord | None:
+        """Record the end of an active job; None if it had ended already."""
+        return await _one(
+            conn,
+            "UPDATE jobs SET status = ?, exit_code = ?, reason = ?,"
+            " finished_at = ?, pgid = NULL"
+            " WHERE id = ? AND status IN (?, ?) RETURNING *",
+            (status, exit_code, reason, time.time(), job_id, *ACTIVE),
+        )
+
+    async def request_cancel(
+        self, conn: aiosqlite.Connection, job_id: int
+    ) -> JobRecord | None:
+        """Cancel a queued job at once, or flag a running one for its runner."""
+        cancelled = await _one(
+            conn,
+            "UPDATE jobs SET status = ?, finished_at = ?, reason = ?,"
+            " cancel_requested = 1 WHERE id = ? AND status = ? RETURNING *",
+            (
+                JobStatus.CANCELLED,
+                time.time(),
+                "cancelled before it started",
+                job_id,
+                JobStatus.QUEUED,
+            ),
+        )
+        if cancelled is not None:
+            return cancelled
+        return await _one(
+            conn,
+            "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = ?"
+            " RETURNING *",
+            (job_id, JobStatus.RUNNING),
+        )
+
+    async def get(self, repository_id: int, number: int) -> JobRecord | None:
+        row = await self.db.fetch_one(
+            "SELECT * FROM jobs WHERE repository_id = ? AND number = ?",
+            (repository_id, number),
+        )
+        return None if row is None else JobRecord.from_row(row)
+
+    async def get_by_id_in(
+        self, conn: aiosqlite.Connection, job_id: int
+    ) -> JobRecord | None:
+        return await _one(conn, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+
+    async def get_by_id(self, job_id: int) -> JobRecord | None:
+        row = await self.db.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return None if row is None else JobRecord.from_row(row)
+
+    async def list(
+        self,
+        repository_id: int,
+        *,
+        kind: JobKind | None = None,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> tuple[list[JobRecord], int]:
+        where = "repository_id = ?"
+        params: list[Any] = [repository_id]
+        if kind is not None:
+            where += " AND kind = ?"
+            params.append(kind)
+        total = await self.db.fetch_value(
+            f"SELECT count(*) FROM jobs WHERE {where}",  # noqa: S608
+            params,
+        )
+        rows = await self.db.fetch_all(
+            f"SELECT * FROM jobs WHERE {where}"  # noqa: S608
+            " ORDER BY number DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [JobRecord.from_row(row) for row in rows], int(total)
+
+    async def latest_test_status(
+        self, repository_id: int, sha: str
+    ) -> JobStatus | None:
+        value = await self.db.fetch_value(
+            "SELECT status FROM jobs WHERE repository_id = ? AND sha = ?"
+            " AND kind = ? ORDER BY number DESC LIMIT 1",
+            (repository_id, sha, JobKind.TEST),
+        )
+        return None if value is None else JobStatus(value)
+
+    async def latest_test_of_ref(
+        self, repository_id: int, ref: str
+    ) -> JobRecord | None:
+        row = await self.db.fetch_one(
+            "SELECT * FROM jobs WHERE repository_id = ? AND kind = ? AND ref = ?"
+            " AND status NOT IN (?, ?) ORDER BY number DESC LIMIT 1",
+            (repository_id, JobKind.TEST, ref, JobStatus.SUPERSEDED, JobStatus.CANCELLED),
+        )
+        return None if row is None else JobRecord.from_row(row)
+
+    async def running(self) -> list[JobRecord]:
+        rows = await self.db.fetch_all(
+            "SELECT * FROM jobs WHERE status = ? ORDER BY id", (JobStatus.RUNNING,)
+        )
+        return [JobRecord.from_row(row) for row in rows]
+
+    async def active_of_repository(self, repository_id: int) -> list[JobRecord]:
+        rows = await self.db.fetch_all(
+            "SELECT * FROM jobs WHERE repository_id = ? AND status IN (?, ?)",
+            (repository_id, *ACTIVE),
+        )
+        return [JobRecord.from_row(row) for row in rows]
+
+    async def cancel_requested(self, runner: str) -> list[int]:
+        rows = await self.db.fetch_all(
+            "SELECT id FROM jobs WHERE runner = ? AND status = ?"
+            " AND cancel_requested = 1",
+            (runner, JobStatus.RUNNING),
+        )
+        return [row[0] for row in rows]
+
+    async def count_by_status(self) -> dict[str, int]:
+        rows = await self.db.fetch_all(
+            "SELECT status, count(*) FROM jobs GROUP BY status"
+        )
+        return {row[0]: row[1] for row in rows}

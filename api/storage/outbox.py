@@ -1,0 +1,60 @@
+"""Commit statuses waiting to be posted to GitHub."""
+
+from __future__ import annotations
+
+import time
+
+import aiosqlite
+
+from api.storage.db import Database
+from api.storage.records import OutboxItem
+
+
+class StatusOutbox:
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    async def add(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        job_id: int,
+        state: str,
+        context: str,
+        description: str,
+        target_url: str,
+    ) -> None:
+        now = time.time()
+        await conn.execute(
+            "INSERT INTO status_outbox (job_id, state, context, description,"
+            " target_url, next_attempt_at, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (job_id, state, context, description, target_url, now, now),
+        )
+
+    async def due(self, now: float, limit: int = 20) -> list[OutboxItem]:
+        rows = await self.db.fetch_all(
+            "SELECT id, job_id, state, context, description, target_url, attempts"
+            " FROM status_outbox WHERE next_attempt_at <= ?"
+            " ORDER BY id LIMIT ?",
+            (now, limit),
+        )
+        return [OutboxItem(*row) for row in rows]
+
+    async def next_due_at(self) -> float | None:
+        value = await self.db.fetch_value(
+            "SELECT min(next_attempt_at) FROM status_outbox"
+        )
+        return None if value is None else float(value)
+
+    async def remove(self, conn: aiosqlite.Connection, item_id: int) -> None:
+        await conn.execute("DELETE FROM status_outbox WHERE id = ?", (item_id,))
+
+    async def postpone(
+        self, conn: aiosqlite.Connection, item_id: int, until: float
+    ) -> None:
+        await conn.execute(
+            "UPDATE status_outbox SET attempts = attempts + 1, next_attempt_at = ?"
+            " WHERE id = ?",
+            (until, item_id),
+        )

@@ -1,0 +1,145 @@
+"""Plain records read from and written to the database."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from api.storage.db import Row
+
+
+class RepositoryStatus(enum.StrEnum):
+    CLONING = "cloning"
+    READY = "ready"
+    FAILED = "failed"
+    REVOKED = "revoked"
+
+
+class JobKind(enum.StrEnum):
+    CLONE = "clone"
+    TEST = "test"
+    DEPLOY = "deploy"
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+    TIMED_OUT = "timed_out"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_finished(self) -> bool:
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class RepositoryRecord:
+    id: int
+    owner: str
+    name: str
+    branch: str
+    status: RepositoryStatus
+    status_detail: str | None
+    private: bool
+    registered_by: str
+    token_encrypted: str
+    webhook_uid: str
+    webhook_secret_encrypted: str
+    created_at: float
+    updated_at: float
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @classmethod
+    def from_row(cls, row: Row) -> RepositoryRecord:
+        return cls(
+            id=row["id"],
+            owner=row["owner"],
+            name=row["name"],
+            branch=row["branch"],
+            status=RepositoryStatus(row["status"]),
+            status_detail=row["status_detail"],
+            private=bool(row["private"]),
+            registered_by=row["registered_by"],
+            token_encrypted=row["token_encrypted"],
+            webhook_uid=row["webhook_uid"],
+            webhook_secret_encrypted=row["webhook_secret_encrypted"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: int
+    repository_id: int
+    number: int
+    kind: JobKind
+    status: JobStatus
+    ref: str | None
+    sha: str | None
+    exit_code: int | None
+    reason: str | None
+    trigger: dict[str, Any] = field(hash=False)
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    runner: str | None
+    pgid: int | None
+    cancel_requested: bool
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        if self.finished_at is None:
+            return None
+        return round(self.finished_at - self.started_at, 3)
+
+    @classmethod
+    def from_row(cls, row: Row) -> JobRecord:
+        return cls(
+            id=row["id"],
+            repository_id=row["repository_id"],
+            number=row["number"],
+            kind=JobKind(row["kind"]),
+            status=JobStatus(row["status"]),
+            ref=row["ref"],
+            sha=row["sha"],
+            exit_code=row["exit_code"],
+            reason=row["reason"],
+            trigger=json.loads(row["trigger"]),
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            runner=row["runner"],
+            pgid=row["pgid"],
+            cancel_requested=bool(row["cancel_requested"]),
+        )
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    name: str
+    value: str
+    is_secret: bool
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    job_id: int
+    state: str
+    context: str
+    description: str
+    target_url: str
+    attempts: int

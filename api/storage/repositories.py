@@ -1,0 +1,118 @@
+"""Queries of the ``repositories`` table."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import aiosqlite
+
+from api.storage.db import Database
+from api.storage.records import RepositoryRecord, RepositoryStatus
+
+
+class RepositoryExists(Exception):
+    """The repository is registered already."""
+
+
+class RepositoryStore:
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    async def create(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        owner: str,
+        name: str,
+        branch: str,
+        private: bool,
+        registered_by: str,
+        token_encrypted: str,
+        webhook_uid: str,
+        webhook_secret_encrypted: str,
+    ) -> RepositoryRecord:
+        now = time.time()
+        try:
+            cursor = await conn.execute(
+                "INSERT INTO repositories (owner, name, branch, status, private,"
+                " registered_by, token_encrypted, webhook_uid,"
+                " webhook_secret_encrypted, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                (
+                    owner,
+                    name,
+                    branch,
+                    RepositoryStatus.CLONING,
+                    int(private),
+                    registered_by,
+                    token_encrypted,
+                    webhook_uid,
+                    webhook_secret_encrypted,
+                    now,
+                    now,
+                ),
+            )
+        except sqlite3.IntegrityError as err:
+            raise RepositoryExists(f"{owner}/{name}") from err
+        row = await cursor.fetchone()
+        await cursor.close()
+        assert row is not None
+        return RepositoryRecord.from_row(row)
+
+    async def get(self, owner: str, name: str) -> RepositoryRecord | None:
+        row = await self.db.fetch_one(
+            "SELECT * FROM repositories"
+            " WHERE owner = ? COLLATE NOCASE AND name = ? COLLATE NOCASE",
+            (owner, name),
+        )
+        return None if row is None else RepositoryRecord.from_row(row)
+
+    async def get_by_id(self, repository_id: int) -> RepositoryRecord | None:
+        row = await self.db.fetch_one(
+            "SELECT * FROM repositories WHERE id = ?", (repository_id,)
+        )
+        return None if row is None else RepositoryRecord.from_row(row)
+
+    async def get_by_webhook_uid(self, uid: str) -> RepositoryRecord | None:
+        row = await self.db.fetch_one(
+            "SELECT * FROM repositories WHERE webhook_uid = ?", (uid,)
+        )
+        return None if row is None else RepositoryRecord.from_row(row)
+
+    async def list_all(self) -> list[RepositoryRecord]:
+        rows = await self.db.fetch_all("SELECT * FROM repositories ORDER BY id")
+        return [RepositoryRecord.from_row(row) for row in rows]
+
+    async def set_status(
+        self,
+        conn: aiosqlite.Connection,
+        repository_id: int,
+        status: RepositoryStatus,
+        detail: str | None = None,
+    ) -> None:
+        await conn.execute(
+            "UPDATE repositories SET status = ?, status_detail = ?, updated_at = ?"
+            " WHERE id = ?",
+            (status, detail, time.time(), repository_id),
+        )
+
+    async def set_token(
+        self, conn: aiosqlite.Connection, repository_id: int, token_encrypted: str
+    ) -> None:
+        await conn.execute(
+            "UPDATE repositories SET token_encrypted = ?, updated_at = ?"
+            " WHERE id = ?",
+            (token_encrypted, time.time(), repository_id),
+        )
+
+    async def mark_access_checked(
+        self, conn: aiosqlite.Connection, repository_id: int
+    ) -> None:
+        await conn.execute(
+            "UPDATE repositories SET access_checked_at = ? WHERE id = ?",
+            (time.time(), repository_id),
+        )
+
+    async def delete(self, conn: aiosqlite.Connection, repository_id: int) -> None:
+        await conn.execute("DELETE FROM repositories WHERE id = ?", (repository_id,))

@@ -1,0 +1,67 @@
+"""Reading GitHub webhook bodies: JSON or form-encoded ``payload=``."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from api.errors import BadRequest
+
+ZERO_SHA = "0" * 40
+_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+BRANCH_PREFIX = "refs/heads/"
+
+
+@dataclass(frozen=True)
+class Push:
+    ref: str
+    after: str
+    deleted: bool
+    sender: str | None
+
+    @property
+    def branch(self) -> str | None:
+        if self.ref.startswith(BRANCH_PREFIX):
+            return self.ref[len(BRANCH_PREFIX) :]
+        return None
+
+    @property
+    def removes_branch(self) -> bool:
+        return self.deleted or self.after == ZERO_SHA
+
+
+def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
+    """The payload as a JSON object, or :class:`BadRequest`."""
+    try:
+        if content_type == "application/x-www-form-urlencoded":
+            fields = parse_qs(body.decode("utf-8"), strict_parsing=False)
+            if "payload" not in fields:
+                raise BadRequest("Form-encoded webhook without a payload field")
+            data = json.loads(fields["payload"][0])
+        else:
+            data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadRequest(f"Webhook body is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("Webhook body must be a JSON object")
+    return data
+
+
+def parse_push(data: dict[str, Any]) -> Push:
+    ref = data.get("ref")
+    after = data.get("after")
+    if not isinstance(ref, str) or not isinstance(after, str):
+        raise BadRequest("Push payload needs string 'ref' and 'after'")
+    if not _SHA_RE.match(after):
+        raise BadRequest("Push payload's 'after' is not a commit sha")
+    sender = data.get("sender")
+    login = sender.get("login") if isinstance(sender, dict) else None
+    return Push(
+        ref=ref,
+        after=after,
+        deleted=bool(data.get("deleted", False)),
+        sender=login if isinstance(login, str) else None,
+    )

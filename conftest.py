@@ -1,0 +1,65 @@
+"""Fixtures shared by every test: a fake GitHub, real git remotes, the app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from api.app import create_app
+from api.settings import Settings
+from tests.fakes.github import FakeGitHub, fake_github
+from tests.support import (
+    OWNER,
+    PASSING_MAKEFILE,
+    READER,
+    READER_TOKEN,
+    REPO,
+    TOKEN,
+    USER,
+    GitRemote,
+    clone_url_template,
+)
+
+__all__ = ["fake_github"]
+
+AiohttpClient = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def github(fake_github: FakeGitHub) -> FakeGitHub:
+    """The fake GitHub with the usual cast: a writer and a reader."""
+    fake_github.add_user(USER, token=TOKEN)
+    fake_github.add_user(READER, token=READER_TOKEN)
+    fake_github.add_repo(OWNER, REPO, permissions={USER: "ADMIN", READER: "READ"})
+    return fake_github
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> GitRemote:
+    """``octocat/hello`` as a bare repository with a passing Makefile."""
+    repository = GitRemote(tmp_path, OWNER, REPO)
+    repository.commit({"Makefile": PASSING_MAKEFILE}, "initial")
+    return repository
+
+
+@pytest.fixture
+def settings(tmp_path: Path, github: FakeGitHub) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "var",
+        secret_key="test-secret-key",
+        public_url="http://hobotnica.test",
+        github_api_url=github.url,
+        github_clone_url=clone_url_template(tmp_path),
+        kill_grace=1.0,
+        shutdown_timeout=10.0,
+    )
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: AiohttpClient, settings: Settings
+) -> AsyncIterator[TestClient]:
+    yield await aiohttp_client(create_app(settings=settings))

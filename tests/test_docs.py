@@ -1,0 +1,46 @@
+"""Swagger UI and its assets come from this server, no network needed."""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp.test_utils import TestClient
+
+from api.ui import ASSET_NAMES
+
+
+async def test_docs_page_and_every_asset_it_links_answer(client: TestClient) -> None:
+    response = await client.get("/api/docs")
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    page = await response.text()
+    links = re.findall(r'(?:href|src)="([^"]+)"', page)
+    assert links, page
+    for link in links:
+        assert link.startswith("/api/docs/static/"), link
+        asset = await client.get(link)
+        assert asset.status == 200, link
+        assert len(await asset.read()) > 0
+
+
+async def test_every_bundled_asset_is_served(client: TestClient) -> None:
+    for name in ASSET_NAMES:
+        response = await client.get(f"/api/docs/static/{name}")
+        assert response.status == 200, name
+
+
+async def test_the_page_points_at_the_schema(client: TestClient) -> None:
+    init = await (await client.get("/api/docs/static/init.js")).text()
+    assert '"/api/openapi.json"' in init
+    schema = await client.get("/api/openapi.json")
+    assert schema.status == 200
+    assert (await schema.json())["info"]["title"] == "Hobotnica"
+
+
+async def test_unknown_routes_get_json_errors(client: TestClient) -> None:
+    response = await client.get("/api/nothing-here")
+    assert response.status == 404
+    assert await response.json() == {"detail": "Not Found"}
+    response = await client.delete("/api/health")
+    assert response.status == 405
+    assert "detail" in await response.json()

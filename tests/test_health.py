@@ -1,0 +1,100 @@
+"""Health: 200 with named checks, 503 naming the check that fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.servers import ServerProcess
+
+pytestmark = pytest.mark.integrational
+
+async def test_health_is_ok_on_a_fresh_data_dir(client: TestClient) -> None:
+    response = await client.get("/api/health")
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "ok"
+    assert set(body["checks"]) == {"database", "data_dir", "git", "make", "job_runner"}
+    assert all(check["ok"] for check in body["checks"].values())
+    assert response.headers["X-Request-ID"]
+
+
+async def test_request_id_is_kept_from_the_request(client: TestClient) -> None:
+    response = await client.get("/api/health", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+
+
+@pytest.fixture
+def server() -> Iterator[list[ServerProcess]]:
+    started: list[ServerProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+def test_health_fails_naming_git_when_git_is_missing(
+    tmp_path: Path, server: list[ServerProcess]
+) -> None:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    make = shutil.which("make")
+    assert make is not None
+    (tools / "make").symlink_to(make)
+    process = ServerProcess(tmp_path / "var", {"PATH": str(tools)})
+    server.append(process)
+    process.start()
+    status, body = process.get("/api/health")
+    assert status == 503
+    data = json.loads(body)
+    assert data["status"] == "failing"
+    assert data["checks"]["git"]["ok"] is False
+    assert "git" in data["checks"]["git"]["detail"]
+    assert data["checks"]["make"]["ok"] is True
+
+
+def test_health_fails_naming_the_data_dir_when_it_is_read_only(
+    tmp_path: Path, server: list[ServerProcess]
+) -> None:
+    data_dir = tmp_path / "var"
+    first = ServerProcess(data_dir)
+    server.append(first)
+    first.start()
+    first.stop()  # SIGKILL keeps the WAL files, which SQLite needs to open
+    data_dir.chmod(0o555)
+    try:
+        process = ServerProcess(data_dir, drop_root_override=True)
+        server.append(process)
+        process.start()
+        status, body = process.get("/api/health")
+    finally:
+        data_dir.chmod(0o755)
+    assert status == 503, body
+    data = json.loads(body)
+    assert data["checks"]["data_dir"]["ok"] is False
+    assert "not writable" in data["checks"]["data_dir"]["detail"]
+    assert data["checks"]["database"]["ok"] is True
+
+
+@pytest.mark.parametrize("locale", [None, "xx_XX.BOGUS-8"])
+def test_the_app_starts_without_the_configured_locale(
+    tmp_path: Path, server: list[ServerProcess], locale: str | None
+) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"LOCALE", "LANG", "LC_ALL"}
+    }
+    if locale is not None:
+        env["LOCALE"] = locale
+        env["LC_ALL"] = locale
+    process = ServerProcess(tmp_path / "var", env, inherit_env=False)
+    server.append(process)
+    process.start()
+    status, _ = process.get("/api/health")
+    assert status == 200
