@@ -1,0 +1,46 @@
+"""Webhook signature check: a pure function of (headers, raw body, secret)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from gidgethub import ValidationFailure, sansio
+from multidict import CIMultiDict
+
+from .errors import InvalidSignature
+from .models import WebhookEvent
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+_SIGNATURE_RE = re.compile(r"sha256=([0-9a-fA-F]{64})")
+
+
+def verify_webhook(
+    headers: Mapping[str, str], body: bytes, secret: str
+) -> WebhookEvent:
+    """Check ``X-Hub-Signature-256`` against HMAC-SHA256(secret, body).
+
+    Only the ``sha256=`` form is accepted (the legacy SHA-1 header is not).
+    Raises :class:`InvalidSignature` when the header is missing, malformed or
+    wrong; never looks at the body otherwise.
+    """
+    lookup = CIMultiDict(headers)
+    signature = lookup.get(SIGNATURE_HEADER)
+    if signature is None:
+        raise InvalidSignature("signature is missing")
+    match = _SIGNATURE_RE.fullmatch(signature.strip())
+    if match is None:
+        raise InvalidSignature("signature is malformed")
+    if not secret:
+        raise InvalidSignature("no secret to check the signature with")
+    try:
+        # gidgethub compares with hmac.compare_digest
+        sansio.validate_event(
+            body, signature="sha256=" + match.group(1).lower(), secret=secret
+        )
+    except ValidationFailure:
+        raise InvalidSignature("signature does not match") from None
+    return WebhookEvent(
+        event=lookup.get("X-GitHub-Event", "").strip(),
+        delivery_id=lookup.get("X-GitHub-Delivery") or None,
+    )

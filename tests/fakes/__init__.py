@@ -1,0 +1,1 @@
+"""Fakes of the services Hobotnica talks to, for integrational tests."""
