@@ -1,0 +1,1 @@
+"""Helpers for the deploy tests (tests/test_deploy_*.py)."""
