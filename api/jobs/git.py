@@ -1,0 +1,224 @@
+"""Git invocations as argument lists; credentials only through the environment.
+
+The runner executes the steps built here one by one with ``run_process``,
+using ``git_base_env(...) | auth_env(token)`` as their environment. The token
+travels as an ``http.extraHeader`` given in ``GIT_CONFIG_*`` variables (git
+2.31+): never on a command line, in a URL or in ``.git/config``.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from api.jobs.process import run_process
+
+REMOTE = "origin"
+REV_PARSE_TIMEOUT = 30.0
+
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+# Control characters, space and the characters git forbids anywhere in a ref.
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_AUTH_FAILURES = re.compile(
+    "|".join(
+        (
+            r"Authentication failed for",
+            r"could not read (Username|Password) for",
+            r"terminal prompts disabled",
+            r"Invalid username or (password|token)",
+            r"HTTP Basic: Access denied",
+            r"Repository not found",
+            r"repository '[^']*' not found",
+            r"requested URL returned error: (401|403)",
+            r"Write access to repository not granted",
+            r"Permission to \S+ denied",
+            r"Permission denied \(publickey",
+        )
+    ),
+    re.IGNORECASE,
+)
+
+
+def git_base_env(base: Mapping[str, str]) -> dict[str, str]:
+    """``base`` (an allow-listed host env) made fit for running git.
+
+    Isolates git from the host's system and global config (credential
+    helpers, url rewrites, hooks paths), makes its messages parseable and
+    drops any inherited ``GIT_*`` variable.
+    """
+    env = {key: value for key, value in base.items() if not key.startswith("GIT_")}
+    env.update(
+        {
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_CONFIG_GLOBAL": "/dev/null",
+            "LC_ALL": "C",
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ASKPASS": "",
+            "GIT_EDITOR": "true",
+            "GIT_PAGER": "cat",
+        }
+    )
+    return env
+
+
+def auth_env(token: str | None) -> dict[str, str]:
+    """Variables that disable prompts and, with a token, authenticate HTTPS.
+
+    An empty ``GIT_ASKPASS`` stops git from looking further for an askpass
+    program (``core.askPass``, ``SSH_ASKPASS``); with prompts disabled, a
+    missing or rejected credential fails at once instead of hanging.
+    """
+    env = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": ""}
+    if token:
+        basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+        env |= {
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": "http.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}",
+        }
+    return env
+
+
+def safe_ref(ref: str) -> bool:
+    """Whether ``ref`` is a well-formed ref or branch name we may pass to git.
+
+    The rules of ``git check-ref-format --allow-onelevel``, plus: no leading
+    ``-`` (never an option) or ``+`` (a forced refspec), at most 255 chars.
+    """
+    if not ref or len(ref) > 255 or ref.startswith(("-", "+", "/")) or ref == "@":
+        return False
+    if ref.endswith(("/", ".")) or "//" in ref or ".." in ref or "@{" in ref:
+        return False
+    if _REF_FORBIDDEN.search(ref):
+        return False
+    return all(
+        not part.startswith(".") and not part.endswith(".lock")
+        for part in ref.split("/")
+    )
+
+
+def is_sha(value: str) -> bool:
+    """A full lower-case object id (SHA-1 or SHA-256)."""
+    return _SHA.fullmatch(value) is not None
+
+
+def clone_steps(url: str, dest: Path, branch: str) -> list[list[str]]:
+    """Clone the tracked branch into ``dest`` (which must not exist yet).
+
+    A full clone of that one branch: no ``--filter``, because a partial
+    clone fetches missing blobs lazily, so every later ``checkout`` or
+    ``make`` that reads history would need the network and the token. Other
+    refs and shas are fetched explicitly by ``checkout_steps``, so
+    ``--single-branch`` costs nothing later. Tags on that branch come along
+    (``git describe`` in Makefiles).
+    """
+    _check_ref(branch)
+    if url.startswith("-"):
+        raise ValueError(f"invalid clone URL: {url!r}")
+    return [
+        [
+            "git",
+            "clone",
+            "--single-branch",
+            "--no-recurse-submodules",
+            f"--branch={branch}",
+            "--",
+            url,
+            str(dest),
+        ]
+    ]
+
+
+def checkout_steps(
+    repo: Path, *, branch: str | None, ref: str | None, sha: str | None
+) -> list[list[str]]:
+    """Fetch what is needed and rewind the working tree to it.
+
+    - ``sha`` (with or without ``branch``/``ref``): fetch the branch or ref,
+      then the sha itself. When the first fetch brought the commit (the usual
+      case), git finds it present and the second fetch does not transfer
+      anything; after a force push it fetches the now unreachable commit
+      (GitHub and protocol v2 servers allow that).
+    - ``ref`` (branch, tag or full ref name): fetched into ``FETCH_HEAD``.
+    - ``branch``: fetched into ``refs/remotes/origin/<branch>``.
+
+    Then a forced detached checkout and ``git clean -ffdx`` (untracked and
+    ignored files, nested repositories too).
+    """
+    git = ["git", "-C", str(repo)]
+    fetch = [*git, "fetch", "--force", "--no-recurse-submodules", REMOTE, "--"]
+    steps: list[list[str]] = []
+    target: str | None = None
+    if ref is not None:
+        _check_ref(ref)
+        steps.append([*fetch, ref])
+        target = "FETCH_HEAD"
+    elif branch is not None:
+        _check_ref(branch)
+        tracking = f"refs/remotes/{REMOTE}/{branch}"
+        steps.append([*fetch, f"+refs/heads/{branch}:{tracking}"])
+        target = tracking
+    if sha is not None:
+        if not is_sha(sha):
+            raise ValueError(f"invalid commit sha: {sha!r}")
+        steps.append([*fetch, sha])
+        target = sha
+    if target is None:
+        raise ValueError("checkout needs a branch, a ref or a sha")
+    # ``--`` after the commit: it is a revision, never a path.
+    steps.append(
+        [*git, "checkout", "--force", "--detach", f"{target}^{{commit}}", "--"]
+    )
+    steps.append([*git, "clean", "-ffdx"])
+    return steps
+
+
+async def rev_parse(repo: Path, rev: str, env: Mapping[str, str]) -> str | None:
+    """The commit ``rev`` (e.g. ``HEAD``) resolves to in ``repo``, or None
+    (also when ``repo`` does not exist)."""
+    if not rev or rev.startswith("-"):
+        return None
+    output = bytearray()
+    argv = ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet"]
+    try:
+        result = await run_process(
+            [*argv, "--end-of-options", f"{rev}^{{commit}}"],
+            cwd=repo,
+            env=env,
+            sink=output.extend,
+            timeout=REV_PARSE_TIMEOUT,
+            kill_grace=1.0,
+        )
+    except (FileNotFoundError, NotADirectoryError):  # no such repo (cwd)
+        return None
+    sha = output.decode(errors="replace").strip()
+    return sha if result.returncode == 0 and is_sha(sha) else None
+
+
+def is_auth_failure(output: str) -> bool:
+    """Whether git's output says the credentials are missing or rejected,
+    or the repository is invisible to them (GitHub answers "not found")."""
+    return _AUTH_FAILURES.search(output) is not None
+
+
+def remove_stale_locks(repo: Path) -> list[Path]:
+    """Delete lock files left by a git that was killed (timeout, shutdown).
+
+    Only call this while no git process can be running in ``repo``: the
+    runner's one-job-per-repository rule guarantees it at job start.
+    """
+    git_dir = repo / ".git"
+    names = ("index.lock", "HEAD.lock", "config.lock", "shallow.lock")
+    candidates = [git_dir / name for name in names]
+    candidates += [git_dir / "packed-refs.lock", *(git_dir / "refs").rglob("*.lock")]
+    removed = [path for path in candidates if path.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def _check_ref(ref: str) -> None:
+    if not safe_ref(ref):
+        raise ValueError(f"invalid ref name: {ref!r}")

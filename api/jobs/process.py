@@ -1,0 +1,300 @@
+"""Run one command in its own process group, streaming its output.
+
+The command gets a fresh session (so its process group id equals its pid),
+``/dev/null`` as stdin and one pipe for both stdout and stderr, so the two
+streams arrive interleaved in the order the command wrote them. Output goes to
+a synchronous ``sink`` chunk by chunk; nothing is accumulated here.
+
+Whatever way a run ends (exit, timeout, cancel event, cancelled coroutine),
+the whole process group is killed before ``run_process`` returns or raises:
+a ``make`` that left ``sleep 1000 &`` behind leaves no orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import enum
+import fcntl
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CHUNK_SIZE = 64 * 1024
+PIPE_SIZE = 1 << 20
+# How long to keep reading after the group is gone: only a process that left
+# the group (setsid) can still hold the pipe open at that point.
+DRAIN_TIMEOUT = 2.0
+# How long to wait for SIGKILLed members to be reaped (subreaper only).
+REAP_TIMEOUT = 2.0
+_POLL = 0.01
+
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+
+
+class Outcome(enum.StrEnum):
+    EXITED = "exited"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    outcome: Outcome
+    # The leader's exit status; negative (-signal) when it was killed.
+    returncode: int | None
+    elapsed: float
+
+
+def kill_process_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to the group; False when the group no longer exists."""
+    if pgid <= 1 or pgid == os.getpgrp():
+        raise ValueError(f"refusing to signal process group {pgid}")
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def terminate_group(pgid: int, grace: float) -> None:
+    """SIGTERM the group, wait up to ``grace`` for it to vanish, then SIGKILL.
+
+    For groups whose ``run_process`` is not around (it kills its own group).
+    Zombies count as members until someone reaps them.
+    """
+    if not kill_process_group(pgid, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        await asyncio.sleep(_POLL * 5)
+        if not kill_process_group(pgid, 0):
+            return
+    kill_process_group(pgid, signal.SIGKILL)
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux), so that killed job members get
+    reaped by ``run_process`` even when PID 1 does not reap zombies."""
+    return _prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0
+
+
+def is_subreaper() -> bool:
+    value = ctypes.c_int(0)
+    return _prctl(_PR_GET_CHILD_SUBREAPER, ctypes.addressof(value)) == 0 and bool(
+        value.value
+    )
+
+
+def _prctl(option: int, arg: int) -> int:
+    if sys.platform != "linux":
+        return -1
+    result: int = _libc().prctl(option, ctypes.c_ulong(arg), 0, 0, 0)
+    return result
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+async def run_process(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    sink: Callable[[bytes], None],
+    timeout: float | None,  # noqa: ASYNC109 - the timeout also kills the group
+    cancel: asyncio.Event | None = None,
+    kill_grace: float = 5.0,
+    on_start: Callable[[int], None] | None = None,
+) -> ProcessResult:
+    """Run ``argv`` to its end, a timeout or ``cancel``; see the module doc.
+
+    Raises OSError when the command cannot be started, and whatever ``sink``
+    or ``on_start`` raise (after killing the group).
+    """
+    args = _checked_argv(argv)
+    read_fd, write_fd = _open_pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(env),
+            cwd=cwd,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return await _supervise(
+        proc,
+        read_fd,
+        sink=sink,
+        limit=timeout,
+        cancel=cancel,
+        kill_grace=kill_grace,
+        on_start=on_start,
+    )
+
+
+async def _supervise(
+    proc: asyncio.subprocess.Process,
+    read_fd: int,
+    *,
+    sink: Callable[[bytes], None],
+    limit: float | None,
+    cancel: asyncio.Event | None,
+    kill_grace: float,
+    on_start: Callable[[int], None] | None,
+) -> ProcessResult:
+    started = time.monotonic()
+    pump: _Pump | None = None
+    try:
+        pump = await _Pump.start(read_fd, sink)
+        if on_start is not None:
+            on_start(proc.pid)
+        outcome = await _wait_for_end(proc, pump.task, limit, cancel)
+        await _stop_group(proc, kill_grace if outcome != Outcome.EXITED else 0.0)
+        elapsed = time.monotonic() - started
+        await pump.drain(DRAIN_TIMEOUT)
+    except BaseException:
+        # Cancelled coroutine, failing sink or on_start: never leave the group.
+        await asyncio.shield(_stop_group(proc, kill_grace))
+        raise
+    finally:
+        if pump is not None:
+            pump.close()
+    return ProcessResult(outcome, proc.returncode, elapsed)
+
+
+def _checked_argv(argv: Sequence[str]) -> list[str]:
+    if isinstance(argv, str | bytes) or not argv:
+        raise TypeError("argv must be a non-empty list of arguments, not a string")
+    return [str(arg) for arg in argv]
+
+
+def _open_pipe() -> tuple[int, int]:
+    read_fd, write_fd = os.pipe()  # both ends are close-on-exec
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):  # above pipe-max-size: keep default
+            fcntl.fcntl(read_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return read_fd, write_fd
+
+
+async def _wait_for_end(
+    proc: asyncio.subprocess.Process,
+    pump: asyncio.Task[None],
+    limit: float | None,
+    cancel: asyncio.Event | None,
+) -> Outcome:
+    loop = asyncio.get_running_loop()
+    deadline = None if limit is None else loop.time() + limit
+    exited = asyncio.ensure_future(proc.wait())
+    cancelled = asyncio.ensure_future(cancel.wait()) if cancel else None
+    watched = {exited, pump} | ({cancelled} if cancelled else set())
+    try:
+        while True:
+            if exited.done():
+                return Outcome.EXITED
+            if cancelled is not None and cancelled.done():
+                return Outcome.CANCELLED
+            if pump.done():
+                pump.result()  # a failing sink ends the run
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return Outcome.TIMED_OUT
+            pending = {task for task in watched if not task.done()}
+            await asyncio.wait(
+                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+    finally:
+        for task in (exited, cancelled):
+            if task is not None:
+                task.cancel()
+
+
+async def _stop_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the group and give it ``grace`` seconds (0: none) to end,
+    then SIGKILL whatever is left, reap the leader and the orphans."""
+    pgid = proc.pid
+    if grace > 0 and kill_process_group(pgid, signal.SIGTERM):
+        deadline = time.monotonic() + grace
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+        if proc.returncode is not None:  # leader reaped: wait for the rest
+            await _wait_group_gone(pgid, deadline)
+    kill_process_group(pgid, signal.SIGKILL)
+    await proc.wait()
+    if is_subreaper():
+        await _wait_group_gone(pgid, time.monotonic() + REAP_TIMEOUT)
+
+
+async def _wait_group_gone(pgid: int, deadline: float) -> None:
+    """Poll until the group is empty, reaping the members re-parented to us.
+
+    Only once the leader is reaped: every remaining member is then an orphan
+    that asyncio's child watcher knows nothing about (reaping the leader here
+    would steal its exit status).
+    """
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            # WNOHANG: never blocks.
+            while os.waitid(os.P_PGID, pgid, os.WEXITED | os.WNOHANG):  # noqa: ASYNC222
+                pass
+        if not kill_process_group(pgid, 0):
+            return
+        await asyncio.sleep(_POLL)
+
+
+class _Pump:
+    """Reads the pipe into the sink; the reader's buffer bounds memory."""
+
+    def __init__(self, task: asyncio.Task[None], transport: asyncio.BaseTransport):
+        self.task = task
+        self._transport = transport
+
+    @classmethod
+    async def start(cls, read_fd: int, sink: Callable[[bytes], None]) -> _Pump:
+        """Takes ownership of ``read_fd``."""
+        try:
+            pipe = os.fdopen(read_fd, "rb", buffering=0)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        reader = asyncio.StreamReader(limit=CHUNK_SIZE)
+        try:
+            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), pipe
+            )
+        except BaseException:
+            pipe.close()
+            raise
+        return cls(asyncio.ensure_future(_copy(reader, sink)), transport)
+
+    async def drain(self, limit: float) -> None:
+        """Wait up to ``limit`` for EOF, then surface any sink error."""
+        await asyncio.wait({self.task}, timeout=limit)
+        if self.task.done():
+            self.task.result()
+
+    def close(self) -> None:
+        self.task.cancel()
+        self._transport.close()
+
+
+async def _copy(reader: asyncio.StreamReader, sink: Callable[[bytes], None]) -> None:
+    while chunk := await reader.read(CHUNK_SIZE):
+        sink(chunk)
