@@ -22,15 +22,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the tests drive for real: git, make, nginx.
+# Debian packages the tests drive for real: git, make, nginx, systemd-analyze.
 system-deps:
 	@missing=""; \
-	for tool in git make nginx; do \
+	for tool in git make nginx systemd-analyze; do \
 		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "Installing Debian packages for:$$missing"; \
-		pkgs=$$(echo "$$missing" | sed 's/nginx/nginx-light/'); \
+		pkgs=$$(echo "$$missing" | sed -e 's/nginx/nginx-light/' -e 's/systemd-analyze/systemd/'); \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$pkgs; \
@@ -49,8 +49,8 @@ integrational: install system-deps
 	$(BIN)/python -m pytest -m integrational $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check . deploy/switch
+	$(BIN)/ruff format --check . deploy/switch
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -58,6 +58,7 @@ format: install
 
 typecheck: install
 	$(BIN)/mypy
+	$(BIN)/mypy --strict deploy/switch
 
 swagger-ui: install
 	$(BIN)/hobotnica swagger-ui --host $(SWAGGER_HOST) --port $(SWAGGER_PORT) \
@@ -66,7 +67,11 @@ swagger-ui: install
 bench: install system-deps
 	$(BIN)/python -m bench.run_all
 
+# Upgrade this server in place, blue-green (as root in /opt/hobotnica;
+# see deploy/README.md).
 deploy:
+	git pull --ff-only
+	$(BIN)/pip install --quiet .
 	deploy/switch
 
 clean:

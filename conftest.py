@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from api.app import create_app
 from api.settings import Settings
@@ -19,13 +18,14 @@ from tests.support import (
     REPO,
     TOKEN,
     USER,
+    Client,
     GitRemote,
     clone_url_template,
 )
 
 __all__ = ["fake_github"]
 
-AiohttpClient = Callable[..., Awaitable[TestClient]]
+AiohttpClient = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
@@ -61,5 +61,5 @@ def settings(tmp_path: Path, github: FakeGitHub) -> Settings:
 @pytest.fixture
 async def client(
     aiohttp_client: AiohttpClient, settings: Settings
-) -> AsyncIterator[TestClient]:
+) -> AsyncIterator[Client]:
     yield await aiohttp_client(create_app(settings=settings))

@@ -17,6 +17,7 @@ from api.app import create_app
 from api.keys import RUNNER
 from api.log import setup_logging
 from api.settings import Settings, SettingsError
+from api.ui.standalone import run_standalone
 
 logger = logging.getLogger("api.cli")
 
@@ -48,8 +49,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(settings.log_level)
 
     if args.command == "swagger-ui":
-        from api.ui.standalone import run_standalone
-
         return run_standalone(args.host, args.port, args.api)
 
     overrides = {}
@@ -98,7 +97,9 @@ async def serve(settings: Settings) -> None:
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
-            logger.warning("Second %s: interrupting running jobs now", signal.Signals(signum).name)
+            logger.warning(
+                "Second %s: interrupting running jobs now", signal.Signals(signum).name
+            )
             force.set()
         else:
             logger.info("%s: draining", signal.Signals(signum).name)

@@ -37,6 +37,7 @@ class Check:
         now = time.monotonic()
         if self._result is None or now - self._result[0] > self.cache_seconds:
             started = time.monotonic()
+            detail: str | None
             try:
                 await asyncio.wait_for(self.probe(), self.timeout)
             except TimeoutError:
@@ -69,7 +70,10 @@ class HealthChecks:
 
     async def report(self) -> tuple[bool, dict[str, object]]:
         results = await asyncio.gather(*(check.run() for check in self.checks))
-        checks = {check.name: result for check, result in zip(self.checks, results, strict=True)}
+        checks = {
+            check.name: result
+            for check, result in zip(self.checks, results, strict=True)
+        }
         ok = all(result["ok"] for result in results)
         return ok, {
             "status": "ok" if ok else "failing",

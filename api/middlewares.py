@@ -8,9 +8,10 @@ import sqlite3
 import uuid
 
 from aiohttp import web
-from aiohttp_middlewares import NON_IDEMPOTENT_METHODS, shield_middleware
 from aiohttp_middlewares.annotations import Handler, Middleware
+from aiohttp_middlewares.constants import NON_IDEMPOTENT_METHODS
 from aiohttp_middlewares.error import error_context
+from aiohttp_middlewares.shield import shield_middleware
 from rororo.openapi.exceptions import OpenAPIError
 
 from api import github
@@ -119,9 +120,7 @@ def body_limit_middleware(
     """
 
     @web.middleware
-    async def middleware(
-        request: web.Request, handler: Handler
-    ) -> web.StreamResponse:
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in NON_IDEMPOTENT_METHODS:
             return await handler(request)
         route_name = request.match_info.route.name or ""

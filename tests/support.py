@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient
+
+Client = TestClient[web.Request, web.Application]
 
 USER = "octocat"
 TOKEN = "ghp_" + "T0k3nValue" * 3 + "abcdef"
@@ -65,7 +68,7 @@ class GitRemote:
         branch: str | None = None,
     ) -> str:
         branch = branch or self.branch
-        current = git("rev-parse", "--abbrev-ref", "HEAD", cwd=self.work)
+        current = git("symbolic-ref", "--short", "HEAD", cwd=self.work)
         if current != branch:
             exists = git("branch", "--list", branch, cwd=self.work)
             git("checkout", "-q", *(() if exists else ("-b",)), branch, cwd=self.work)
@@ -122,7 +125,7 @@ def webhook_headers(
 
 
 async def send_push(
-    client: TestClient,
+    client: Client,
     webhook: Mapping[str, str],
     sha: str,
     branch: str = "main",
@@ -150,8 +153,9 @@ FINISHED = {
 
 
 async def wait_for_job(
-    client: TestClient,
+    client: Client,
     number: int,
+    *,
     owner: str = OWNER,
     name: str = REPO,
     timeout: float = 30.0,
@@ -174,7 +178,7 @@ async def wait_for_job(
 
 
 async def register(
-    client: TestClient, owner: str = OWNER, name: str = REPO, **body: Any
+    client: Client, owner: str = OWNER, name: str = REPO, **body: Any
 ) -> dict[str, Any]:
     response = await client.post(
         "/api/repositories",
@@ -183,5 +187,5 @@ async def register(
     )
     assert response.status == 202, await response.text()
     data: dict[str, Any] = await response.json()
-    await wait_for_job(client, 1, owner, name)
+    await wait_for_job(client, 1, owner=owner, name=name)
     return data

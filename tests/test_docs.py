@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 
-from aiohttp.test_utils import TestClient
-
 from api.ui import ASSET_NAMES
+from tests.support import Client
 
 
-async def test_docs_page_and_every_asset_it_links_answer(client: TestClient) -> None:
+async def test_docs_page_and_every_asset_it_links_answer(client: Client) -> None:
     response = await client.get("/api/docs")
     assert response.status == 200
     assert response.content_type == "text/html"
@@ -23,13 +22,13 @@ async def test_docs_page_and_every_asset_it_links_answer(client: TestClient) -> 
         assert len(await asset.read()) > 0
 
 
-async def test_every_bundled_asset_is_served(client: TestClient) -> None:
+async def test_every_bundled_asset_is_served(client: Client) -> None:
     for name in ASSET_NAMES:
         response = await client.get(f"/api/docs/static/{name}")
         assert response.status == 200, name
 
 
-async def test_the_page_points_at_the_schema(client: TestClient) -> None:
+async def test_the_page_points_at_the_schema(client: Client) -> None:
     init = await (await client.get("/api/docs/static/init.js")).text()
     assert '"/api/openapi.json"' in init
     schema = await client.get("/api/openapi.json")
@@ -37,7 +36,7 @@ async def test_the_page_points_at_the_schema(client: TestClient) -> None:
     assert (await schema.json())["info"]["title"] == "Hobotnica"
 
 
-async def test_unknown_routes_get_json_errors(client: TestClient) -> None:
+async def test_unknown_routes_get_json_errors(client: Client) -> None:
     response = await client.get("/api/nothing-here")
     assert response.status == 404
     assert await response.json() == {"detail": "Not Found"}

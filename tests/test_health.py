@@ -9,13 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient
 
 from tests.servers import ServerProcess
+from tests.support import Client
 
 pytestmark = pytest.mark.integrational
 
-async def test_health_is_ok_on_a_fresh_data_dir(client: TestClient) -> None:
+
+async def test_health_is_ok_on_a_fresh_data_dir(client: Client) -> None:
     response = await client.get("/api/health")
     assert response.status == 200
     body = await response.json()
@@ -25,7 +26,7 @@ async def test_health_is_ok_on_a_fresh_data_dir(client: TestClient) -> None:
     assert response.headers["X-Request-ID"]
 
 
-async def test_request_id_is_kept_from_the_request(client: TestClient) -> None:
+async def test_request_id_is_kept_from_the_request(client: Client) -> None:
     response = await client.get("/api/health", headers={"X-Request-ID": "abc-123"})
     assert response.headers["X-Request-ID"] == "abc-123"
 

@@ -101,7 +101,11 @@ class JobExecutor:
             elapsed = time.monotonic() - self.started
         self.log.line(
             f"[hobotnica] {result.status}"
-            + (f" (exit code {result.exit_code})" if result.exit_code is not None else "")
+            + (
+                f" (exit code {result.exit_code})"
+                if result.exit_code is not None
+                else ""
+            )
             + (f": {result.reason}" if result.reason else "")
             + f" in {elapsed:.1f} s"
         )
@@ -118,13 +122,17 @@ class JobExecutor:
         if not (self.plan.clone_dir / ".git").is_dir():
             self.log.line("[hobotnica] no usable clone: cloning again")
             await self._clone()
-        for argv in git.checkout_steps(
-            self.plan.clone_dir,
-            branch=self.plan.repository.branch,
-            ref=job.ref,
-            sha=job.sha,
-        ):
-            await self._git(argv)
+        try:
+            await self._checkout()
+        except _StepFailed as failed:
+            if (
+                failed.result.git_auth_failed
+                or failed.result.status is not JobStatus.ERROR
+            ):
+                raise
+            self.log.line("[hobotnica] the clone looks broken: cloning again")
+            await self._clone()
+            await self._checkout()
         sha = await self._head()
         target = "test" if job.kind is JobKind.TEST else "deploy"
         env = environment.build_job_env(
@@ -141,6 +149,25 @@ class JobExecutor:
             return self._stopped(result, sha)
         status = JobStatus.SUCCESS if result.returncode == 0 else JobStatus.FAILED
         return JobResult(status, exit_code=result.returncode, sha=sha)
+
+    async def _checkout(self) -> None:
+        job = self.plan.job
+        clone = self.plan.clone_dir
+        for lock in git.remove_stale_locks(clone):
+            self.log.line(f"[hobotnica] removed a stale git lock: {lock.name}")
+        ref = None if job.ref == self.plan.repository.branch else job.ref
+        for argv in git.checkout_steps(
+            clone, branch=self.plan.repository.branch, ref=ref, sha=job.sha
+        ):
+            if job.sha and argv[-1] == job.sha and await self._has_commit(job.sha):
+                continue  # the branch fetch brought it: no second round trip
+            await self._git(argv)
+
+    async def _has_commit(self, sha: str) -> bool:
+        found = await git.rev_parse(
+            self.plan.clone_dir, f"{sha}^{{commit}}", self._git_env()
+        )
+        return found == sha
 
     async def _clone(self) -> None:
         target = self.plan.clone_dir
@@ -164,12 +191,10 @@ class JobExecutor:
         return sha
 
     def _git_env(self) -> dict[str, str]:
-        base = {
-            name: self.host_env[name]
-            for name in environment.ALLOWED_HOST_VARS
-            if name in self.host_env
+        return {
+            **git.git_base_env(environment.host_env(self.host_env)),
+            **git.auth_env(self.plan.token),
         }
-        return {**git.git_base_env(base), **git.auth_env(self.plan.token)}
 
     async def _git(self, argv: Sequence[str], cwd: Path | None = None) -> None:
         self._tail.clear()
@@ -180,7 +205,7 @@ class JobExecutor:
         if result.returncode != 0:
             output = b"".join(self._tail).decode("utf-8", "replace")
             auth = git.is_auth_failure(output)
-            step = " ".join(argv[1:3]) if argv[1:2] != ["-C"] else argv[3]
+            step = _subcommand(argv)
             raise _StepFailed(
                 JobResult(
                     JobStatus.ERROR,
@@ -230,3 +255,14 @@ class JobExecutor:
             else "stopped by a server shutdown"
         )
         return JobResult(status, reason=reason, sha=sha)
+
+
+def _subcommand(argv: Sequence[str]) -> str:
+    """``fetch`` for ``git -C dir fetch --force ...``."""
+    words = iter(argv[1:])
+    for word in words:
+        if word == "-C":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return "command"

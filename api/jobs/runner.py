@@ -7,9 +7,10 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from api.crypto import SecretBox
 from api.errors import ServiceUnavailable
@@ -81,6 +82,7 @@ class JobRunner:
         self._idle = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._last_orphan_check = 0.0
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -101,20 +103,20 @@ class JobRunner:
                 "Hobotnica is shutting down and takes no new jobs", retry_after=10
             )
 
-    async def drain(self, timeout: float) -> None:
-        """Stop claiming; wait up to ``timeout`` s, then interrupt the rest."""
+    async def drain(self, grace: float) -> None:
+        """Stop claiming; wait up to ``grace`` s, then interrupt the rest."""
         self.draining = True
         self._wake.set()
         tasks = [r.task for r in self.running.values() if r.task is not None]
         if tasks:
             logger.info(
                 "Draining: waiting up to %g s for %d running job(s)",
-                timeout,
+                grace,
                 len(tasks),
             )
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            _, pending = await asyncio.wait(tasks, timeout=grace)
             if pending:
-                logger.warning("Interrupting %d job(s) after %g s", len(pending), timeout)
+                logger.warning("Interrupting %d job(s) after %g s", len(pending), grace)
         await self.close()
 
     async def close(self) -> None:
@@ -150,7 +152,9 @@ class JobRunner:
         self.events.emit(JobEvent(EventType.QUEUED, job, repository))
         self._wake.set()
 
-    async def cancel(self, repository: RepositoryRecord, job: JobRecord) -> JobRecord | None:
+    async def cancel(
+        self, repository: RepositoryRecord, job: JobRecord
+    ) -> JobRecord | None:
         """Cancel a queued or running job; None if it has ended already."""
         async with self.storage.db.transaction() as conn:
             updated = await self.storage.jobs.request_cancel(conn, job.id)
@@ -225,7 +229,9 @@ class JobRunner:
         except Exception:
             logger.exception("Cannot prepare job #%s", job.number)
             await self._finish(
-                job, repository, JobResult(JobStatus.ERROR, reason="cannot prepare the job")
+                job,
+                repository,
+                JobResult(JobStatus.ERROR, reason="cannot prepare the job"),
             )
             return
         running = RunningJob(plan)
@@ -243,7 +249,9 @@ class JobRunner:
         for entries in (owner_env, repository_env):
             layer = {}
             for entry in entries:
-                value = self.box.decrypt(entry.value) if entry.is_secret else entry.value
+                value = (
+                    self.box.decrypt(entry.value) if entry.is_secret else entry.value
+                )
                 if entry.is_secret:
                     secrets.append(value)
                 layer[entry.name] = value
@@ -271,11 +279,11 @@ class JobRunner:
 
         def on_process(pgid: int) -> None:
             pgids.append(pgid)
-            asyncio.ensure_future(self._store(self.storage.jobs.set_pgid, job.id, pgid))
+            self._spawn(self._store(self.storage.jobs.set_pgid, job.id, pgid))
 
         def on_sha(sha: str) -> None:
             if sha != job.sha:
-                asyncio.ensure_future(self._store(self.storage.jobs.set_sha, job.id, sha))
+                self._spawn(self._store(self.storage.jobs.set_sha, job.id, sha))
 
         def on_output() -> None:
             running.output.set()
@@ -290,13 +298,20 @@ class JobRunner:
             )
             result = await executor.run()
         except Exception:
-            logger.exception("Job #%s of %s crashed", job.number, plan.repository.full_name)
+            logger.exception(
+                "Job #%s of %s crashed", job.number, plan.repository.full_name
+            )
             result = JobResult(JobStatus.ERROR, reason="internal error")
         finally:
             del self.running[job.id]
             running.output.set()
         await asyncio.shield(self._finish(job, plan.repository, result))
         self._wake.set()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _store(self, method, job_id: int, value: object) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -318,7 +333,10 @@ class JobRunner:
                 exit_code=result.exit_code,
                 reason=result.reason,
             )
-            if job.kind is JobKind.CLONE and repository.status is RepositoryStatus.CLONING:
+            if (
+                job.kind is JobKind.CLONE
+                and repository.status is RepositoryStatus.CLONING
+            ):
                 ok = result.status is JobStatus.SUCCESS
                 await self.storage.repositories.set_status(
                     conn,

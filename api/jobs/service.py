@@ -62,7 +62,9 @@ async def _tested_sha(
     return sha
 
 
-async def get_job(storage: Storage, repository: RepositoryRecord, number: int) -> JobRecord:
+async def get_job(
+    storage: Storage, repository: RepositoryRecord, number: int
+) -> JobRecord:
     job = await storage.jobs.get(repository.id, number)
     if job is None:
         raise NotFound(f"{repository.full_name} has no job #{number}")
@@ -78,5 +80,14 @@ async def cancel(
     return updated
 
 
-def job_log_path(runner: JobRunner, repository: RepositoryRecord, job: JobRecord) -> Path:
+def job_log_path(
+    runner: JobRunner, repository: RepositoryRecord, job: JobRecord
+) -> Path:
     return log_path(runner.settings, repository.id, job.number)
+
+
+def log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -48,7 +48,9 @@ def describe(job: JobRecord) -> str:
         case JobStatus.FAILED:
             return f"{target} failed with exit code {job.exit_code}{took}"
         case _:
-            return f"{target}: {job.status}" + (f" ({job.reason})" if job.reason else "")
+            return f"{target}: {job.status}" + (
+                f" ({job.reason})" if job.reason else ""
+            )
 
 
 class StatusReporter:
@@ -120,7 +122,9 @@ class StatusReporter:
     async def _post(self, item: OutboxItem) -> bool:
         job = await self.storage.jobs.get_by_id(item.job_id)
         repository = (
-            None if job is None else await self.storage.repositories.get_by_id(job.repository_id)
+            None
+            if job is None
+            else await self.storage.repositories.get_by_id(job.repository_id)
         )
         posted = False
         if job is not None and repository is not None and job.sha:

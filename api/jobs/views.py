@@ -44,7 +44,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit = context.parameters.query.get("limit", 20)
         offset = context.parameters.query.get("offset", 0)
     _, repository = await auth.authorize_registered(request, push=False)
-    jobs, total = await request.app[STORAGE].jobs.list(
+    jobs, total = await request.app[STORAGE].jobs.list_page(
         repository.id,
         kind=None if kind is None else JobKind(kind),
         limit=limit,
@@ -93,7 +93,7 @@ async def retrieve_job_log(request: web.Request) -> web.StreamResponse:
     headers = {"X-Job-Status": str(job.status), "Cache-Control": "no-store"}
     if not follow or job.status.is_finished:
         return web.Response(
-            body=read_log(path, offset, limit=None),
+            body=read_log(path, offset, limit=max(0, service.log_size(path) - offset)),
             content_type="text/plain",
             charset="utf-8",
             headers=headers,

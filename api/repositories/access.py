@@ -89,13 +89,17 @@ class AccessChecker:
             )
         except GitHubError as err:
             logger.warning(
-                "Cannot check access to %s now: %s", repository.full_name, type(err).__name__
+                "Cannot check access to %s now: %s",
+                repository.full_name,
+                type(err).__name__,
             )
             return False
         else:
             if access.permission is not None and access.permission.can_read:
                 async with self.storage.db.transaction() as conn:
-                    await self.storage.repositories.mark_access_checked(conn, repository.id)
+                    await self.storage.repositories.mark_access_checked(
+                        conn, repository.id
+                    )
                 return False
             reason = "the stored token has no access to the repository"
         await self.revoke(repository, reason)

@@ -54,9 +54,7 @@ async def register(
                 trigger={"type": "register", "user": login},
             )
     except RepositoryExists:
-        raise Conflict(
-            f"{access.owner}/{access.name} is registered already"
-        ) from None
+        raise Conflict(f"{access.owner}/{access.name} is registered already") from None
     runner.announce(repository, job)
     return repository, job
 

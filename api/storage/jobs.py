@@ -87,9 +87,7 @@ class JobStore:
                 superseded = [JobRecord.from_row(r) for r in await cursor.fetchall()]
         return job, superseded
 
-    async def claim(
-        self, conn: aiosqlite.Connection, runner: str
-    ) -> JobRecord | None:
+    async def claim(self, conn: aiosqlite.Connection, runner: str) -> JobRecord | None:
         """Take the oldest queued job of a repository with nothing running.
 
         Runs inside ``BEGIN IMMEDIATE``, so two instances sharing the database
@@ -124,7 +122,9 @@ class JobStore:
         )
         return value is not None
 
-    async def set_pgid(self, conn: aiosqlite.Connection, job_id: int, pgid: int) -> None:
+    async def set_pgid(
+        self, conn: aiosqlite.Connection, job_id: int, pgid: int
+    ) -> None:
         await conn.execute("UPDATE jobs SET pgid = ? WHERE id = ?", (pgid, job_id))
 
     async def set_sha(self, conn: aiosqlite.Connection, job_id: int, sha: str) -> None:
@@ -189,7 +189,7 @@ class JobStore:
         row = await self.db.fetch_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return None if row is None else JobRecord.from_row(row)
 
-    async def list(
+    async def list_page(
         self,
         repository_id: int,
         *,
@@ -229,7 +229,13 @@ class JobStore:
         row = await self.db.fetch_one(
             "SELECT * FROM jobs WHERE repository_id = ? AND kind = ? AND ref = ?"
             " AND status NOT IN (?, ?) ORDER BY number DESC LIMIT 1",
-            (repository_id, JobKind.TEST, ref, JobStatus.SUPERSEDED, JobStatus.CANCELLED),
+            (
+                repository_id,
+                JobKind.TEST,
+                ref,
+                JobStatus.SUPERSEDED,
+                JobStatus.CANCELLED,
+            ),
         )
         return None if row is None else JobRecord.from_row(row)
 

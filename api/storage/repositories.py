@@ -101,8 +101,7 @@ class RepositoryStore:
         self, conn: aiosqlite.Connection, repository_id: int, token_encrypted: str
     ) -> None:
         await conn.execute(
-            "UPDATE repositories SET token_encrypted = ?, updated_at = ?"
-            " WHERE id = ?",
+            "UPDATE repositories SET token_encrypted = ?, updated_at = ? WHERE id = ?",
             (token_encrypted, time.time(), repository_id),
         )
 

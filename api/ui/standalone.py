@@ -7,6 +7,7 @@ proxied to the API so that "Try it out" works without CORS.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -16,8 +17,16 @@ from api.ui import setup_docs
 logger = logging.getLogger(__name__)
 
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host",
-     "content-length", "content-encoding"}
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-encoding",
+    }
 )
 
 API_URL_KEY = web.AppKey("api_url", str)
@@ -32,13 +41,15 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             request.method, target, headers=headers, data=await request.read()
         ) as upstream:
             body = await upstream.read()
-            out = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+            out = {
+                k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP
+            }
             return web.Response(body=body, status=upstream.status, headers=out)
     except aiohttp.ClientError as err:
         return web.json_response({"detail": f"API unreachable: {err}"}, status=502)
 
 
-async def session_context(app: web.Application) -> object:
+async def session_context(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         app[SESSION_KEY] = session
         yield

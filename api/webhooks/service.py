@@ -60,13 +60,22 @@ async def receive(
     if event.event == "ping":
         return Intake(200, repository, detail=PONG)
     if event.event != "push":
-        return await _record_ignored(storage, repository, event.delivery_id, event.event)
+        return await _record_ignored(
+            storage, repository, event.delivery_id, event.event
+        )
 
     push = parse_push(parse_body(body, content_type))
     if push.branch != repository.branch or push.removes_branch:
         return await _record_ignored(storage, repository, event.delivery_id, "push")
     runner.ensure_accepting()
-    return await _queue_test(storage, runner, repository, event.delivery_id, push.after, push.sender)
+    return await _queue_test(
+        storage=storage,
+        runner=runner,
+        repository=repository,
+        delivery_id=event.delivery_id,
+        sha=push.after,
+        sender=push.sender,
+    )
 
 
 async def _record_ignored(
@@ -87,6 +96,7 @@ async def _record_ignored(
 
 
 async def _queue_test(
+    *,
     storage: Storage,
     runner: JobRunner,
     repository: RepositoryRecord,

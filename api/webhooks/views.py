@@ -24,7 +24,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
         content_type=request.content_type,
     )
     if intake.job is not None:
-        body = job_to_dict(intake.job, intake.repository, request.app[SETTINGS].base_url)
+        body = job_to_dict(
+            intake.job, intake.repository, request.app[SETTINGS].base_url
+        )
     else:
         body = {"detail": intake.detail}
     return web.json_response(body, status=intake.status)
