@@ -18,7 +18,12 @@ from api.jobs.events import JobEvents
 from api.jobs.runner import JobRunner
 from api.jobs.statuses import StatusReporter
 from api.keys import EVENTS, GITHUB, RUNNER, SECRET_BOX, SETTINGS, STORAGE
-from api.middlewares import add_request_id_header, outer_middlewares, render_error
+from api.middlewares import (
+    add_request_id_header,
+    outer_middlewares,
+    render_error,
+    response_validation_middleware,
+)
 from api.repositories import views as repository_views
 from api.repositories.access import AccessChecker
 from api.settings import Settings
@@ -51,7 +56,8 @@ def create_app(
         job_views.operations,
         webhook_views.operations,
         server_url="/api",
-        is_validate_response=True,
+        # Validated by our own inner middleware, which knows streamed logs.
+        is_validate_response=False,
         use_cors_middleware=False,
         error_middleware_kwargs={"default_handler": render_error},
         cache_create_schema_and_spec=True,
@@ -64,6 +70,7 @@ def create_app(
         )
     ):
         app.middlewares.insert(0, middleware)
+    app.middlewares.append(response_validation_middleware)
     app.on_response_prepare.append(add_request_id_header)
     setup_docs(app, title=f"Hobotnica {__version__}")
 

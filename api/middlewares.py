@@ -12,7 +12,9 @@ from aiohttp_middlewares.annotations import Handler, Middleware
 from aiohttp_middlewares.constants import NON_IDEMPOTENT_METHODS
 from aiohttp_middlewares.error import error_context
 from aiohttp_middlewares.shield import shield_middleware
+from rororo.openapi.constants import REQUEST_CORE_OPERATION_KEY
 from rororo.openapi.exceptions import OpenAPIError
+from rororo.openapi.validators import validate_response
 
 from api import github
 from api.errors import ApiError, BadGateway
@@ -107,6 +109,30 @@ async def add_request_id_header(
     request_id = request.get(REQUEST_ID_KEY)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id
+
+
+@web.middleware
+async def response_validation_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Validate answers against the schema; a mismatch is our bug (500).
+
+    Runs inside rororo's middleware (which validates requests). Streamed
+    answers (log follow) and empty bodies have nothing to validate.
+    """
+    response = await handler(request)
+    if (
+        REQUEST_CORE_OPERATION_KEY not in request
+        or not isinstance(response, web.Response)
+        or (not response.body and response.content_type == "text/plain")
+    ):
+        return response
+    try:
+        validate_response(request, response)
+    except OpenAPIError as err:
+        logger.error("Response of %s does not match the schema: %s", request.path, err)
+        return web.json_response({"detail": "Internal Server Error"}, status=500)
+    return response
 
 
 def body_limit_middleware(

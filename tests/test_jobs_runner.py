@@ -1,0 +1,321 @@
+"""The job runner end to end: real git, real make, real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from api.app import create_app
+from api.keys import GITHUB, RUNNER, SECRET_BOX, STORAGE
+from api.repositories.access import AccessChecker
+from api.settings import Settings
+from tests.fakes.github import FakeGitHub
+from tests.support import (
+    TOKEN,
+    Client,
+    GitRemote,
+    auth_headers,
+    register,
+    wait_for_job,
+    webhook_headers,
+)
+
+pytestmark = pytest.mark.integrational
+
+JOBS = "/api/repositories/octocat/hello/jobs"
+
+
+def processes_with(marker: bytes) -> list[int]:
+    """Pids whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if marker in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+async def deploy(client: Client, **body: object) -> dict[str, object]:
+    response = await client.post(
+        "/api/repositories/octocat/hello/deploys", json=body, headers=auth_headers()
+    )
+    assert response.status == 202, await response.text()
+    data: dict[str, object] = await response.json()
+    return data
+
+
+async def test_failing_make_is_failed_with_make_exit_code(
+    client: Client, remote: GitRemote
+) -> None:
+    remote.commit({"Makefile": "deploy:\n\t@echo about to fail\n\tfalse\n"})
+    await register(client)
+    job = await wait_for_job(client, int((await deploy(client))["number"]))
+    assert job["status"] == "failed"
+    assert job["exit_code"] == 2
+    log = await (await client.get(f"{JOBS}/2/log", headers=auth_headers())).text()
+    assert "about to fail" in log
+
+
+async def test_jobs_list_newest_first_with_filters(
+    client: Client, remote: GitRemote
+) -> None:
+    await register(client)
+    for _ in range(3):
+        await wait_for_job(client, int((await deploy(client))["number"]))
+    everything = await (await client.get(JOBS, headers=auth_headers())).json()
+    assert everything["total"] == 4
+    assert [j["number"] for j in everything["items"]] == [4, 3, 2, 1]
+    clones = await (
+        await client.get(f"{JOBS}?kind=clone", headers=auth_headers())
+    ).json()
+    assert [j["number"] for j in clones["items"]] == [1]
+    page = await (
+        await client.get(f"{JOBS}?limit=2&offset=1", headers=auth_headers())
+    ).json()
+    assert [j["number"] for j in page["items"]] == [3, 2]
+    assert page["total"] == 4
+    bad = await client.get(f"{JOBS}?limit=0", headers=auth_headers())
+    assert bad.status == 422
+    missing = await client.get(f"{JOBS}/99", headers=auth_headers())
+    assert missing.status == 404
+
+
+async def test_jobs_of_one_repository_run_one_at_a_time(
+    client: Client, remote: GitRemote
+) -> None:
+    remote.commit({"Makefile": "deploy:\n\tsleep 0.3\n"})
+    await register(client)
+    numbers = [int((await deploy(client))["number"]) for _ in range(3)]
+    jobs = [await wait_for_job(client, n) for n in numbers]
+    assert [j["status"] for j in jobs] == ["success"] * 3
+    for earlier, later in zip(jobs, jobs[1:], strict=False):
+        assert str(later["started_at"]) >= str(earlier["finished_at"])
+
+
+@pytest.fixture
+def limited_settings(settings: Settings) -> Settings:
+    return settings.with_overrides(max_jobs=2)
+
+
+async def test_at_most_max_jobs_run_at_once(
+    aiohttp_client: object,
+    limited_settings: Settings,
+    github: FakeGitHub,
+    tmp_path: Path,
+) -> None:
+    client: Client = await aiohttp_client(create_app(settings=limited_settings))  # type: ignore[operator]
+    names = ["r1", "r2", "r3"]
+    for name in names:
+        github.add_repo("octocat", name, permissions={"octocat": "ADMIN"})
+        GitRemote(tmp_path, "octocat", name).commit(
+            {"Makefile": "deploy:\n\tsleep 0.6\n"}
+        )
+        await register(client, name=name)
+    for name in names:
+        response = await client.post(
+            f"/api/repositories/octocat/{name}/deploys", json={}, headers=auth_headers()
+        )
+        assert response.status == 202
+    jobs = [await wait_for_job(client, 2, name=name) for name in names]
+    spans = sorted((str(j["started_at"]), str(j["finished_at"])) for j in jobs)
+    overlapping = [
+        sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans
+    ]
+    assert max(overlapping) == 2
+    assert all(j["status"] == "success" for j in jobs)
+
+
+async def test_cancel_kills_the_whole_process_group(
+    client: Client, remote: GitRemote
+) -> None:
+    remote.commit({"Makefile": "deploy:\n\tsleep 31.4159 & sleep 31.4159\n"})
+    await register(client)
+    number = int((await deploy(client))["number"])
+    await wait_for_job(client, number, statuses={"running"})
+    for _ in range(100):
+        if len(processes_with(b"31.4159")) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(processes_with(b"31.4159")) >= 2  # the shell and two sleeps
+    response = await client.post(f"{JOBS}/{number}/cancel", headers=auth_headers())
+    assert response.status == 202
+    job = await wait_for_job(client, number)
+    assert job["status"] == "cancelled"
+    assert processes_with(b"31.4159") == []
+    again = await client.post(f"{JOBS}/{number}/cancel", headers=auth_headers())
+    assert again.status == 409
+
+
+async def test_cancel_of_a_queued_job_is_immediate(
+    client: Client, remote: GitRemote
+) -> None:
+    remote.commit({"Makefile": "deploy:\n\tsleep 1\n"})
+    await register(client)
+    first = int((await deploy(client))["number"])
+    second = int((await deploy(client))["number"])
+    response = await client.post(f"{JOBS}/{second}/cancel", headers=auth_headers())
+    assert response.status == 202
+    assert (await response.json())["status"] == "cancelled"
+    assert (await wait_for_job(client, first))["status"] == "success"
+    job = await wait_for_job(client, second)
+    assert job["status"] == "cancelled"
+    assert job["started_at"] is None
+
+
+@pytest.fixture
+def short_timeout_settings(settings: Settings) -> Settings:
+    return settings.with_overrides(job_timeout=1.5)
+
+
+async def test_timeout_kills_the_job(
+    aiohttp_client: object, short_timeout_settings: Settings, remote: GitRemote
+) -> None:
+    client: Client = await aiohttp_client(create_app(settings=short_timeout_settings))  # type: ignore[operator]
+    remote.commit({"Makefile": "deploy:\n\tsleep 27.1828\n"})
+    await register(client)
+    number = int((await deploy(client))["number"])
+    job = await wait_for_job(client, number)
+    assert job["status"] == "timed_out"
+    assert "timeout" in str(job["reason"])
+    assert processes_with(b"27.1828") == []
+
+
+async def test_secrets_are_masked_even_split_across_reads(
+    client: Client, remote: GitRemote, settings: Settings
+) -> None:
+    remote.commit(
+        {
+            "Makefile": (
+                "deploy:\n"
+                "\t@printf 'half: s3cr'; sleep 0.3; printf 'et-value\\n'\n"
+                "\t@echo whole: $$API_KEY\n"
+            )
+        }
+    )
+    await register(client)
+    response = await client.put(
+        "/api/repositories/octocat/hello/env",
+        json={"secrets": {"API_KEY": "s3cret-value"}},
+        headers=auth_headers(),
+    )
+    assert response.status == 200
+    number = int((await deploy(client))["number"])
+    assert (await wait_for_job(client, number))["status"] == "success"
+    log = await (
+        await client.get(f"{JOBS}/{number}/log", headers=auth_headers())
+    ).text()
+    assert "half: ***" in log
+    assert "whole: ***" in log
+    assert "s3cret-value" not in log
+    for path in settings.data_dir.rglob("*"):
+        if path.is_file():
+            assert b"s3cret-value" not in path.read_bytes(), path
+
+
+async def test_log_offset_returns_exactly_the_stored_bytes(
+    client: Client, remote: GitRemote
+) -> None:
+    await register(client)
+    full = await (await client.get(f"{JOBS}/1/log", headers=auth_headers())).read()
+    assert len(full) > 20
+    for offset in (0, 1, 7, len(full) - 1, len(full), len(full) + 10):
+        part = await (
+            await client.get(f"{JOBS}/1/log?offset={offset}", headers=auth_headers())
+        ).read()
+        assert part == full[offset:]
+
+
+async def test_follow_streams_output_before_the_job_ends(
+    client: Client, remote: GitRemote
+) -> None:
+    remote.commit(
+        {"Makefile": "deploy:\n\t@echo first-line\n\t@sleep 1.5\n\t@echo last-line\n"}
+    )
+    await register(client)
+    number = int((await deploy(client))["number"])
+    response = await client.get(
+        f"{JOBS}/{number}/log?follow=true", headers=auth_headers()
+    )
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    seen = b""
+    while b"first-line" not in seen:
+        chunk = await asyncio.wait_for(response.content.readany(), 10)
+        assert chunk, "stream ended before the first line"
+        seen += chunk
+    job = await (await client.get(f"{JOBS}/{number}", headers=auth_headers())).json()
+    assert job["status"] == "running"
+    seen += await asyncio.wait_for(response.content.read(), 15)
+    assert b"last-line" in seen
+    assert (await wait_for_job(client, number))["status"] == "success"
+
+
+async def test_token_never_reaches_argv_git_config_logs_or_job_env(
+    client: Client, remote: GitRemote, settings: Settings
+) -> None:
+    remote.commit({"Makefile": "deploy:\n\t@env | sort\n\tsleep 1.7321\n"})
+    await register(client)
+    number = int((await deploy(client))["number"])
+    await wait_for_job(client, number, statuses={"running"})
+    token = TOKEN.encode()
+    sleeping: list[int] = []
+    for _ in range(100):
+        sleeping = processes_with(b"1.7321")
+        if sleeping:
+            break
+        await asyncio.sleep(0.05)
+    assert sleeping
+    for pid in sleeping:
+        assert token not in Path(f"/proc/{pid}/environ").read_bytes()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                assert token not in (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+    assert (await wait_for_job(client, number))["status"] == "success"
+    for path in settings.data_dir.rglob("*"):
+        if path.is_file():
+            assert token not in path.read_bytes(), path
+    log = await (
+        await client.get(f"{JOBS}/{number}/log", headers=auth_headers())
+    ).text()
+    assert "HOBOTNICA_JOB=" in log
+    assert "CI=1" in log
+    assert "GIT_BRANCH=main" in log
+    assert "HOBOTNICA_SECRET_KEY" not in log
+    assert "VIRTUAL_ENV" not in log
+
+
+async def test_revocation_removes_the_clone_and_closes_the_webhook(
+    client: Client, github: FakeGitHub, remote: GitRemote, settings: Settings
+) -> None:
+    repository = await register(client)
+    github.revoke_token(TOKEN)
+    app = client.server.app
+    assert app is not None
+    checker = AccessChecker(
+        settings, app[STORAGE], app[SECRET_BOX], app[GITHUB], app[RUNNER]
+    )
+    assert await checker.check_all() == 1
+    assert not any((settings.data_dir / "clones").iterdir())
+    path = repository["webhook"]["url"].split("hobotnica.test")[1]
+    response = await client.post(path, data=b"{}", headers={"X-Hub-Signature-256": "x"})
+    assert response.status == 401
+    body = b'{"zen": "x"}'
+    response = await client.post(
+        path,
+        data=body,
+        headers=webhook_headers(body, repository["webhook"]["secret"], "ping"),
+    )
+    assert response.status == 410
