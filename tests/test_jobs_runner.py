@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
+import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,12 +45,12 @@ def processes_with(marker: bytes) -> list[int]:
     return found
 
 
-async def deploy(client: Client, **body: object) -> dict[str, object]:
+async def deploy(client: Client, **body: object) -> dict[str, Any]:
     response = await client.post(
         "/api/repositories/octocat/hello/deploys", json=body, headers=auth_headers()
     )
     assert response.status == 202, await response.text()
-    data: dict[str, object] = await response.json()
+    data: dict[str, Any] = await response.json()
     return data
 
 
@@ -98,7 +98,7 @@ async def test_jobs_of_one_repository_run_one_at_a_time(
     numbers = [int((await deploy(client))["number"]) for _ in range(3)]
     jobs = [await wait_for_job(client, n) for n in numbers]
     assert [j["status"] for j in jobs] == ["success"] * 3
-    for earlier, later in zip(jobs, jobs[1:], strict=False):
+    for earlier, later in itertools.pairwise(jobs):
         assert str(later["started_at"]) >= str(earlier["finished_at"])
 
 
@@ -302,7 +302,7 @@ async def test_revocation_removes_the_clone_and_closes_the_webhook(
 ) -> None:
     repository = await register(client)
     github.revoke_token(TOKEN)
-    app = client.server.app
+    app = client.app
     assert app is not None
     checker = AccessChecker(
         settings, app[STORAGE], app[SECRET_BOX], app[GITHUB], app[RUNNER]
