@@ -15,7 +15,7 @@ from aiohttp import web
 from api import __version__
 from api.app import create_app
 from api.keys import RUNNER
-from api.log import setup_logging
+from api.log import RequestIdAccessLogger, setup_logging
 from api.settings import Settings, SettingsError
 from api.ui.standalone import run_standalone
 
@@ -74,7 +74,10 @@ async def serve(settings: Settings) -> None:
     """
     app = create_app(settings=settings)
     runner = web.AppRunner(
-        app, handle_signals=False, access_log_format=ACCESS_LOG_FORMAT
+        app,
+        handle_signals=False,
+        access_log_class=RequestIdAccessLogger,
+        access_log_format=ACCESS_LOG_FORMAT,
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)

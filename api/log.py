@@ -6,6 +6,10 @@ import contextvars
 import logging
 import sys
 
+from aiohttp import web
+from aiohttp.web_log import AccessLogger
+
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar(
     "request_id", default="-"
 )
@@ -18,6 +22,19 @@ class RequestIdFilter(logging.Filter):
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
         return True
+
+
+class RequestIdAccessLogger(AccessLogger):
+    """aiohttp's access log, with the request's id like every other line."""
+
+    def log(
+        self, request: web.BaseRequest, response: web.StreamResponse, time: float
+    ) -> None:
+        token = request_id_var.set(request.get(REQUEST_ID_KEY, "-"))
+        try:
+            super().log(request, response, time)
+        finally:
+            request_id_var.reset(token)
 
 
 def setup_logging(level: str) -> None:

@@ -18,12 +18,11 @@ from rororo.openapi.validators import validate_response
 
 from api import github
 from api.errors import ApiError, BadGateway
-from api.log import request_id_var
+from api.log import REQUEST_ID_KEY, request_id_var
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
-REQUEST_ID_KEY = web.RequestKey("request_id", str)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 

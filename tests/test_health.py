@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -99,3 +100,21 @@ def test_the_app_starts_without_the_configured_locale(
     process.start()
     status, _ = process.get("/api/health")
     assert status == 200
+
+
+def test_every_log_line_of_a_request_carries_its_id(
+    tmp_path: Path, server: list[ServerProcess]
+) -> None:
+    process = ServerProcess(tmp_path / "var")
+    server.append(process)
+    process.start()
+    connection = http.client.HTTPConnection("127.0.0.1", process.port, timeout=5)
+    connection.request("GET", "/api/nothing", headers={"X-Request-ID": "trace-me-42"})
+    response = connection.getresponse()
+    assert response.getheader("X-Request-ID") == "trace-me-42"
+    connection.close()
+    process.signal()
+    assert process.wait() == 0
+    lines = [line for line in process.output().splitlines() if "/api/nothing" in line]
+    assert lines
+    assert all("[trace-me-42]" in line for line in lines)
