@@ -55,10 +55,15 @@ async def session_context(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def redirect_to_docs(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/api/docs")
+
+
 def create_standalone_app(api_url: str) -> web.Application:
     app = web.Application()
     app[API_URL_KEY] = api_url.rstrip("/")
     setup_docs(app)
+    app.router.add_get("/", redirect_to_docs)
     app.router.add_route("*", "/api/{tail:(?!docs).*}", proxy)
     app.cleanup_ctx.append(session_context)
     return app
