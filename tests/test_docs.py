@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 
 from api.ui import ASSET_NAMES
+from api.ui.standalone import create_standalone_app
 from tests.support import Client
 
 
@@ -43,3 +45,22 @@ async def test_unknown_routes_get_json_errors(client: Client) -> None:
     response = await client.delete("/api/health")
     assert response.status == 405
     assert "detail" in await response.json()
+
+
+async def test_standalone_ui_serves_docs_and_proxies_the_api(
+    client: Client, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    api_url = str(client.make_url("")).rstrip("/")
+    standalone = await aiohttp_client(create_standalone_app(api_url))
+    page = await standalone.get("/api/docs")
+    assert page.status == 200
+    assert "swagger-ui-bundle.js" in await page.text()
+    schema = await standalone.get("/api/openapi.json")
+    assert schema.status == 200
+    assert (await schema.json())["info"]["title"] == "Hobotnica"
+    health = await standalone.get("/api/health", headers={"X-Request-ID": "via-proxy"})
+    assert health.status == 200
+    assert health.headers["X-Request-ID"] == "via-proxy"
+    root = await standalone.get("/", allow_redirects=False)
+    assert root.status == 302
+    assert root.headers["Location"] == "/api/docs"
