@@ -1,0 +1,166 @@
+"""SQLite storage: migrations, concurrent starts, atomic claims, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from api.crypto import SecretBox, load_or_create_key
+from api.storage import Storage
+from api.storage.records import JobKind, JobStatus
+
+ROOT = Path(__file__).parent.parent
+
+
+async def add_repository(storage: Storage, name: str) -> int:
+    async with storage.db.transaction() as conn:
+        repository = await storage.repositories.create(
+            conn,
+            owner="octocat",
+            name=name,
+            branch="main",
+            private=False,
+            registered_by="octocat",
+            token_encrypted="x",
+            webhook_uid=f"uid-{name}",
+            webhook_secret_encrypted="y",
+        )
+    return repository.id
+
+
+async def test_a_second_start_keeps_the_data(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    first = Storage(path)
+    await first.open()
+    repository_id = await add_repository(first, "hello")
+    await first.close()
+    second = Storage(path)
+    await second.open()
+    again = await second.repositories.get("OCTOCAT", "HELLO")
+    assert again is not None
+    assert again.id == repository_id
+    versions = await second.db.fetch_all("SELECT version FROM schema_migrations")
+    assert [row[0] for row in versions] == [1]
+    assert await second.db.fetch_value("PRAGMA journal_mode") == "wal"
+    await second.close()
+
+
+def test_processes_starting_at_once_all_come_up(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    script = (
+        "import asyncio, sys\n"
+        "from api.storage import Storage\n"
+        "async def main():\n"
+        "    s = Storage(__import__('pathlib').Path(sys.argv[1]))\n"
+        "    await s.open()\n"
+        "    print(await s.db.fetch_value('SELECT count(*) FROM schema_migrations'))\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(path)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    outputs = [process.communicate(timeout=60) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, outputs
+    assert [out.strip() for out, _ in outputs] == [b"1"] * 4
+
+
+async def test_claims_from_two_connections_never_overlap(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    blue, green = Storage(path), Storage(path)
+    await blue.open()
+    await green.open()
+    repositories = [await add_repository(blue, f"r{i}") for i in range(3)]
+    queued = []
+    for i in range(12):
+        async with blue.db.transaction() as conn:
+            job, _ = await blue.jobs.enqueue(
+                conn,
+                repository_id=repositories[i % 3],
+                kind=JobKind.DEPLOY,
+                ref="main",
+                sha=None,
+                trigger={"type": "api"},
+            )
+        queued.append(job.id)
+
+    claimed: list[tuple[str, int]] = []
+
+    async def worker(storage: Storage, name: str) -> None:
+        while True:
+            async with storage.db.transaction() as conn:
+                job = await storage.jobs.claim(conn, name)
+            if job is None:
+                running = await storage.jobs.running()
+                if not running and not await storage.jobs.has_claimable():
+                    return
+                await asyncio.sleep(0.001)
+                continue
+            # While it runs, no other job of its repository may be claimed.
+            others = [
+                j
+                for j in await storage.jobs.running()
+                if j.repository_id == job.repository_id and j.id != job.id
+            ]
+            assert others == []
+            claimed.append((name, job.id))
+            await asyncio.sleep(0.002)
+            async with storage.db.transaction() as conn:
+                await storage.jobs.finish(conn, job.id, JobStatus.SUCCESS, exit_code=0)
+
+    await asyncio.gather(worker(blue, "blue"), worker(green, "green"))
+    assert sorted(job_id for _, job_id in claimed) == sorted(queued)
+    await blue.close()
+    await green.close()
+
+
+def test_generated_key_is_private_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "secret.key"
+    key = load_or_create_key(None, path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert load_or_create_key(None, path) == key
+    box = SecretBox(key)
+    token = box.encrypt("ghp_value")
+    assert "ghp_value" not in token
+    assert box.decrypt(token) == "ghp_value"
+    assert load_or_create_key("passphrase", path) != key
+
+
+@pytest.mark.integrational
+def test_the_built_wheel_ships_the_schema_and_migrations(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        env={**os.environ, "PIP_NO_INPUT": "1"},
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("hobotnica-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        assert "api/openapi.yaml" in names
+        assert archive.read("api/openapi.yaml") == (ROOT / "openapi.yaml").read_bytes()
+        assert "api/storage/migrations/0001_initial.sql" in names
+        assert any(name.endswith("entry_points.txt") for name in names)
