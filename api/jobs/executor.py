@@ -20,6 +20,9 @@ from api.storage.records import JobKind, JobRecord, JobStatus, RepositoryRecord
 logger = logging.getLogger(__name__)
 
 TAIL_BYTES = 8192
+# Every process of a job carries this variable, so that a restarted server
+# can tell a dead instance's leftover processes from unrelated ones.
+MARKER_NAME = "HOBOTNICA_RUN"
 
 
 @dataclass
@@ -37,6 +40,7 @@ class JobPlan:
     timeout: float
     kill_grace: float
     log_max_bytes: int
+    marker: str
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     stop_status: JobStatus = JobStatus.CANCELLED
 
@@ -144,6 +148,7 @@ class JobExecutor:
             branch=job.ref or self.plan.repository.branch,
             layers=self.plan.env_layers,
         )
+        env[MARKER_NAME] = self.plan.marker
         result = await self._process(["make", target], env)
         if result.outcome is not Outcome.EXITED:
             return self._stopped(result, sha)
@@ -194,6 +199,7 @@ class JobExecutor:
         return {
             **git.git_base_env(environment.host_env(self.host_env)),
             **git.auth_env(self.plan.token),
+            MARKER_NAME: self.plan.marker,
         }
 
     async def _git(self, argv: Sequence[str], cwd: Path | None = None) -> None:

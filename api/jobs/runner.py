@@ -6,16 +6,19 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiosqlite import Connection
+
 from api.crypto import SecretBox
 from api.errors import ServiceUnavailable
 from api.jobs.events import EventType, JobEvent, JobEvents
-from api.jobs.executor import JobExecutor, JobPlan, JobResult
+from api.jobs.executor import MARKER_NAME, JobExecutor, JobPlan, JobResult
 from api.jobs.instances import InstanceLock, is_alive, new_instance_id
 from api.jobs.process import kill_process_group
 from api.settings import Settings
@@ -270,15 +273,14 @@ class JobRunner:
             timeout=self.settings.job_timeout,
             kill_grace=self.settings.kill_grace,
             log_max_bytes=self.settings.log_max_bytes,
+            marker=job_marker(job),
         )
 
     async def _run(self, running: RunningJob) -> None:
         plan = running.plan
         job = plan.job
-        pgids: list[int] = []
 
         def on_process(pgid: int) -> None:
-            pgids.append(pgid)
             self._spawn(self._store(self.storage.jobs.set_pgid, job.id, pgid))
 
         def on_sha(sha: str) -> None:
@@ -333,19 +335,13 @@ class JobRunner:
                 exit_code=result.exit_code,
                 reason=result.reason,
             )
-            if (
-                job.kind is JobKind.CLONE
-                and repository.status is RepositoryStatus.CLONING
-            ):
-                ok = result.status is JobStatus.SUCCESS
-                await self.storage.repositories.set_status(
-                    conn,
-                    repository.id,
-                    RepositoryStatus.READY if ok else RepositoryStatus.FAILED,
-                    None if ok else result.reason,
-                )
+            retry = None
+            if finished is not None and job.kind is JobKind.CLONE:
+                retry = await self._after_clone(conn, finished, repository)
         if finished is None:
             return
+        if retry is not None:
+            self.announce(repository, retry)
         logger.info(
             "Job #%s (%s) of %s ended %s",
             job.number,
@@ -357,6 +353,30 @@ class JobRunner:
         if result.git_auth_failed:
             self.events.emit(JobEvent(EventType.GIT_AUTH_FAILED, finished, repository))
 
+    async def _after_clone(
+        self, conn: Connection, clone: JobRecord, repository: RepositoryRecord
+    ) -> JobRecord | None:
+        """Settle the repository's status; queue the clone again if cut short."""
+        if clone.status is JobStatus.INTERRUPTED:
+            retry, _ = await self.storage.jobs.enqueue(
+                conn,
+                repository_id=repository.id,
+                kind=JobKind.CLONE,
+                ref=clone.ref,
+                sha=None,
+                trigger={**clone.trigger, "retry_of": clone.number},
+            )
+            return retry
+        if repository.status is RepositoryStatus.CLONING:
+            ok = clone.status is JobStatus.SUCCESS
+            await self.storage.repositories.set_status(
+                conn,
+                repository.id,
+                RepositoryStatus.READY if ok else RepositoryStatus.FAILED,
+                None if ok else clone.reason,
+            )
+        return None
+
     # -- recovery ---------------------------------------------------------------
 
     async def recover_orphans(self) -> int:
@@ -367,32 +387,37 @@ class JobRunner:
                 continue
             if job.runner and is_alive(self.settings.instances_dir, job.runner):
                 continue
-            if job.pgid:
-                kill_process_group(job.pgid, 9) if _is_job_group(job) else None
-            async with self.storage.db.transaction() as conn:
-                finished = await self.storage.jobs.finish(
-                    conn,
-                    job.id,
-                    JobStatus.INTERRUPTED,
-                    reason="the server running it stopped",
-                )
+            if job.pgid and _is_job_group(job.pgid, job_marker(job)):
+                kill_process_group(job.pgid, signal.SIGKILL)
             repository = await self.storage.repositories.get_by_id(job.repository_id)
-            if finished is not None and repository is not None:
-                count += 1
-                logger.warning(
-                    "Job #%s of %s was left running by %s: interrupted",
-                    job.number,
-                    repository.full_name,
-                    job.runner,
-                )
-                self.events.emit(JobEvent(EventType.FINISHED, finished, repository))
+            if repository is None:
+                continue
+            logger.warning(
+                "Job #%s of %s was left running by %s: interrupted",
+                job.number,
+                repository.full_name,
+                job.runner,
+            )
+            await self._finish(
+                job,
+                repository,
+                JobResult(
+                    JobStatus.INTERRUPTED, reason="the server running it stopped"
+                ),
+            )
+            count += 1
         return count
 
 
-def _is_job_group(job: JobRecord) -> bool:
+def job_marker(job: JobRecord) -> str:
+    """The ``MARKER_NAME`` value that tells this job's processes from others."""
+    return f"{job.runner}/{job.id}"
+
+
+def _is_job_group(pgid: int, marker: str) -> bool:
     """Check that the process group still runs this job before killing it."""
     try:
-        environ = Path(f"/proc/{job.pgid}/environ").read_bytes()
+        environ = Path(f"/proc/{pgid}/environ").read_bytes()
     except OSError:
         return False
-    return f"HOBOTNICA_JOB={job.number}".encode() in environ.split(b"\0")
+    return f"{MARKER_NAME}={marker}".encode() in environ.split(b"\0")
