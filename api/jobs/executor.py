@@ -137,7 +137,8 @@ class JobExecutor:
             self.log.line("[hobotnica] the clone looks broken: cloning again")
             await self._clone()
             await self._checkout()
-        sha = await self._head()
+        # A checked-out sha is HEAD: no need to ask git again.
+        sha = job.sha or await self._head()
         target = "test" if job.kind is JobKind.TEST else "deploy"
         env = environment.build_job_env(
             self.host_env,
@@ -164,15 +165,7 @@ class JobExecutor:
         for argv in git.checkout_steps(
             clone, branch=self.plan.repository.branch, ref=ref, sha=job.sha
         ):
-            if job.sha and argv[-1] == job.sha and await self._has_commit(job.sha):
-                continue  # the branch fetch brought it: no second round trip
             await self._git(argv)
-
-    async def _has_commit(self, sha: str) -> bool:
-        found = await git.rev_parse(
-            self.plan.clone_dir, f"{sha}^{{commit}}", self._git_env()
-        )
-        return found == sha
 
     async def _clone(self) -> None:
         target = self.plan.clone_dir

@@ -136,11 +136,10 @@ def checkout_steps(
 ) -> list[list[str]]:
     """Fetch what is needed and rewind the working tree to it.
 
-    - ``sha`` (with or without ``branch``/``ref``): fetch the branch or ref,
-      then the sha itself. When the first fetch brought the commit (the usual
-      case), git finds it present and the second fetch does not transfer
-      anything; after a force push it fetches the now unreachable commit
-      (GitHub and protocol v2 servers allow that).
+    - ``sha`` (with or without ``branch``/``ref``): one fetch of the branch
+      or ref together with the sha itself: one round trip on the usual path
+      (the sha is the branch's head), and after a force push it still brings
+      the now unreachable commit (GitHub and protocol v2 servers allow that).
     - ``ref`` (branch, tag or full ref name): fetched into ``FETCH_HEAD``.
     - ``branch``: fetched into ``refs/remotes/origin/<branch>``.
 
@@ -149,24 +148,25 @@ def checkout_steps(
     """
     git = ["git", "-C", str(repo)]
     fetch = [*git, "fetch", "--force", "--no-recurse-submodules", REMOTE, "--"]
-    steps: list[list[str]] = []
+    refspecs: list[str] = []
     target: str | None = None
     if ref is not None:
         _check_ref(ref)
-        steps.append([*fetch, ref])
+        refspecs.append(ref)
         target = "FETCH_HEAD"
     elif branch is not None:
         _check_ref(branch)
         tracking = f"refs/remotes/{REMOTE}/{branch}"
-        steps.append([*fetch, f"+refs/heads/{branch}:{tracking}"])
+        refspecs.append(f"+refs/heads/{branch}:{tracking}")
         target = tracking
     if sha is not None:
         if not is_sha(sha):
             raise ValueError(f"invalid commit sha: {sha!r}")
-        steps.append([*fetch, sha])
+        refspecs.append(sha)
         target = sha
     if target is None:
         raise ValueError("checkout needs a branch, a ref or a sha")
+    steps = [[*fetch, *refspecs]]
     # ``--`` after the commit: it is a revision, never a path.
     steps.append(
         [*git, "checkout", "--force", "--detach", f"{target}^{{commit}}", "--"]
