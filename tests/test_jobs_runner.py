@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,19 @@ async def test_revocation_removes_the_clone_and_closes_the_webhook(
         headers=webhook_headers(body, repository["webhook"]["secret"], "ping"),
     )
     assert response.status == 410
+
+
+async def test_a_missing_make_is_an_error_with_a_reason(
+    client: Client, remote: GitRemote, tmp_path: Path
+) -> None:
+    await register(client)
+    tools = tmp_path / "only-git"
+    tools.mkdir()
+    git_path = shutil.which("git")
+    assert git_path is not None
+    (tools / "git").symlink_to(git_path)
+    client.app[RUNNER].host_env["PATH"] = str(tools)
+    job = await wait_for_job(client, int((await deploy(client))["number"]))
+    assert job["status"] == "error"
+    assert job["reason"] == "cannot run make: not found"
+    assert job["exit_code"] is None

@@ -221,16 +221,22 @@ class JobExecutor:
         if remaining <= 0:
             return ProcessResult(Outcome.TIMED_OUT, None, 0.0)
         self.log.line("$ " + " ".join(argv))
-        return await run_process(
-            argv,
-            cwd=cwd or self.plan.clone_dir,
-            env=env,
-            sink=self._sink,
-            timeout=remaining,
-            cancel=self.plan.cancel,
-            kill_grace=self.plan.kill_grace,
-            on_start=self.on_process,
-        )
+        try:
+            return await run_process(
+                argv,
+                cwd=cwd or self.plan.clone_dir,
+                env=env,
+                sink=self._sink,
+                timeout=remaining,
+                cancel=self.plan.cancel,
+                kill_grace=self.plan.kill_grace,
+                on_start=self.on_process,
+            )
+        except FileNotFoundError as err:
+            missing = argv[0] if err.filename in (None, argv[0]) else err.filename
+            raise _StepFailed(
+                JobResult(JobStatus.ERROR, reason=f"cannot run {missing}: not found")
+            ) from None
 
     def _sink(self, chunk: bytes) -> None:
         self.log.write(chunk)
