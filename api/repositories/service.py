@@ -8,10 +8,12 @@ import shutil
 
 from api.crypto import SecretBox
 from api.errors import Conflict
-from api.github import RepositoryAccess
+from api.github import GitHubClient, Permission, RepositoryAccess, RepositoryNotFound
 from api.jobs.runner import JobRunner, clone_dir, log_dir
 from api.storage import RepositoryExists, Storage
 from api.storage.records import JobKind, JobRecord, RepositoryRecord
+
+LIST_CONCURRENCY = 8
 
 
 async def register(
@@ -72,6 +74,35 @@ async def unregister(
 def remove_files(runner: JobRunner, repository: RepositoryRecord) -> None:
     shutil.rmtree(clone_dir(runner.settings, repository.id), ignore_errors=True)
     shutil.rmtree(log_dir(runner.settings, repository.id), ignore_errors=True)
+
+
+async def visible_to(
+    storage: Storage, github: GitHubClient, token: str
+) -> list[tuple[RepositoryRecord, bool]]:
+    """Registered repositories the token can read, with whether it can push.
+
+    One (cached) permission query per repository, a few at a time: plain
+    ``repository(owner, name)`` queries, which every GitHub speaks.
+    """
+    limit = asyncio.Semaphore(LIST_CONCURRENCY)
+
+    async def permission(repository: RepositoryRecord) -> Permission | None:
+        async with limit:
+            try:
+                access = await github.repository_access(
+                    token, repository.owner, repository.name
+                )
+            except RepositoryNotFound:
+                return None
+            return access.permission
+
+    registered = await storage.repositories.list_all()
+    permissions = await asyncio.gather(*(permission(r) for r in registered))
+    return [
+        (repository, permission.can_push)
+        for repository, permission in zip(registered, permissions, strict=True)
+        if permission is not None and permission.can_read
+    ]
 
 
 def webhook_secret(box: SecretBox, repository: RepositoryRecord) -> str:

@@ -44,28 +44,14 @@ async def list_repositories(request: web.Request) -> web.Response:
         limit = context.parameters.query.get("limit", 20)
         offset = context.parameters.query.get("offset", 0)
     caller = await auth.authenticate(request)
-    storage = request.app[STORAGE]
-    registered = await storage.repositories.list_all()
-    access = await request.app[GITHUB].repositories_access(
-        caller.token, [(r.owner, r.name) for r in registered]
+    visible = await service.visible_to(
+        request.app[STORAGE], request.app[GITHUB], caller.token
     )
-    visible = [
-        r
-        for r in registered
-        if (a := access.get((r.owner, r.name))) is not None
-        and a.permission is not None
-        and a.permission.can_read
-    ]
     base_url = request.app[SETTINGS].base_url
     box = request.app[SECRET_BOX]
     items = []
-    for repository in visible[offset : offset + limit]:
-        permission = access[(repository.owner, repository.name)].permission
-        secret = (
-            service.webhook_secret(box, repository)
-            if permission is not None and permission.can_push
-            else None
-        )
+    for repository, can_push in visible[offset : offset + limit]:
+        secret = service.webhook_secret(box, repository) if can_push else None
         items.append(repository_to_dict(repository, base_url, webhook_secret=secret))
     return web.json_response({"items": items, "total": len(visible)})
 
