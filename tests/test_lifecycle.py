@@ -252,3 +252,19 @@ async def test_200_mb_of_output_keeps_server_memory_flat(
     assert growth_mib < 30, f"peak RSS grew by {growth_mib:.1f} MiB"
     size = (server.data_dir / "logs").rglob(f"{number}.log").__next__().stat().st_size
     assert size > 200_000_000
+
+
+async def test_jobs_still_running_after_the_shutdown_timeout_are_interrupted(
+    http: aiohttp.ClientSession, servers: ServerFactory, remote: GitRemote
+) -> None:
+    remote.commit({"Makefile": "deploy:\n\tsleep 52.5\n"})
+    first = servers(HOBOTNICA_SHUTDOWN_TIMEOUT="1")
+    (number,) = await register_and_deploy(http, first)
+    await wait_status(http, first, number, {"running"})
+    started = time.monotonic()
+    first.signal(signal.SIGTERM)
+    assert await wait_exit(first) == 0
+    assert time.monotonic() - started < 10
+    assert processes_with(b"52.5") == []
+    second = servers()
+    assert await job_status(http, second, number) == "interrupted"
