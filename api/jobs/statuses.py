@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
+from collections.abc import Callable
 
 from api.crypto import SecretBox
 from api.github import GitHubClient
@@ -19,13 +21,21 @@ from api.jobs.events import EventType, JobEvent
 from api.jobs.serializers import job_url
 from api.settings import Settings
 from api.storage import Storage
-from api.storage.records import JobKind, JobRecord, JobStatus, OutboxItem
+from api.storage.records import (
+    JobKind,
+    JobRecord,
+    JobStatus,
+    OutboxItem,
+    RepositoryRecord,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 FIRST_RETRY = 5.0
 IDLE_WAIT = 30.0
+# How many waiting statuses one round looks at (oldest first).
+SCAN_LIMIT = 1000
 
 STATE_OF = {
     JobStatus.QUEUED: "pending",
@@ -34,38 +44,62 @@ STATE_OF = {
     JobStatus.FAILED: "failure",
 }
 
+# A commit status is identified on GitHub by (repository, sha, context).
+_Key = tuple[int, str, str]
+
+
+def state_of(job: JobRecord) -> str:
+    """GitHub's state for a job: any end but success and failure is ``error``."""
+    return STATE_OF.get(job.status, "error")
+
 
 def describe(job: JobRecord) -> str:
+    """A short description: what happened, how long it took, why."""
     target = f"make {job.kind}"
     took = f" in {job.duration:.1f} s" if job.duration is not None else ""
     match job.status:
         case JobStatus.QUEUED:
             return f"{target}: queued as job #{job.number}"
         case JobStatus.RUNNING:
-            return f"{target}: running"
+            return f"{target}: running job #{job.number}"
         case JobStatus.SUCCESS:
             return f"{target} passed{took}"
         case JobStatus.FAILED:
             return f"{target} failed with exit code {job.exit_code}{took}"
         case _:
-            return f"{target}: {job.status}" + (
+            return f"{target}: {job.status}{took}" + (
                 f" ({job.reason})" if job.reason else ""
             )
 
 
 class StatusReporter:
+    """Turns job events into commit statuses and posts them in order.
+
+    Statuses of one commit and context are posted in the order the events
+    happened: while an older one waits for a retry, newer ones wait behind
+    it, so GitHub never ends up showing a stale ``pending``.
+    """
+
     def __init__(
         self,
         settings: Settings,
         storage: Storage,
         box: SecretBox,
         github: GitHubClient,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        first_retry: float = FIRST_RETRY,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.storage = storage
         self.box = box
         self.github = github
+        self.max_attempts = max_attempts
+        self.first_retry = first_retry
+        self.clock = clock
         self._wake = asyncio.Event()
+        self._posting = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -88,7 +122,7 @@ class StatusReporter:
             await self.storage.outbox.add(
                 conn,
                 job_id=job.id,
-                state=STATE_OF.get(job.status, "error"),
+                state=state_of(job),
                 context=f"hobotnica/{job.kind}",
                 description=describe(job),
                 target_url=job_url(self.settings.base_url, event.repository, job.number)
@@ -105,29 +139,51 @@ class StatusReporter:
                 raise
             except Exception:
                 logger.exception("Posting commit statuses failed; retrying")
-                next_at = time.time() + FIRST_RETRY
-            wait = IDLE_WAIT if next_at is None else max(0.0, next_at - time.time())
+                next_at = self.clock() + self.first_retry
+            wait = IDLE_WAIT if next_at is None else max(0.0, next_at - self.clock())
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(wait, IDLE_WAIT))
 
     async def post_due(self) -> int:
-        """Post every due status once; returns how many were delivered."""
-        delivered = 0
-        for item in await self.storage.outbox.due(time.time()):
-            if await self._post(item):
-                delivered += 1
-        return delivered
+        """Post every due status once; returns how many were delivered.
 
-    async def _post(self, item: OutboxItem) -> bool:
-        job = await self.storage.jobs.get_by_id(item.job_id)
-        repository = (
-            None
-            if job is None
-            else await self.storage.repositories.get_by_id(job.repository_id)
-        )
-        posted = False
-        if job is not None and repository is not None and job.sha:
+        A status whose commit and context has an older status still waiting
+        (for its retry) is left for later, so that the order is kept.
+        """
+        async with self._posting:
+            now = self.clock()
+            waiting = await self.storage.outbox.due(math.inf, limit=SCAN_LIMIT)
+            due = {item.id for item in await self.storage.outbox.due(now, SCAN_LIMIT)}
+            blocked: set[_Key] = set()
+            delivered = 0
+            for item in waiting:
+                job = await self.storage.jobs.get_by_id(item.job_id)
+                repository = (
+                    None
+                    if job is None
+                    else await self.storage.repositories.get_by_id(job.repository_id)
+                )
+                if job is None or repository is None or job.sha is None:
+                    await self._remove(item)  # nothing left to report on
+                    continue
+                key = (repository.id, job.sha, item.context)
+                if key in blocked:
+                    continue
+                if item.id not in due:
+                    blocked.add(key)
+                    continue
+                if await self._post(item, job, repository):
+                    delivered += 1
+                elif not await self._retry_or_drop(item, job, repository):
+                    blocked.add(key)
+            return delivered
+
+    async def _post(
+        self, item: OutboxItem, job: JobRecord, repository: RepositoryRecord
+    ) -> bool:
+        assert job.sha is not None
+        try:
             posted = await self.github.set_commit_status(
                 self.box.decrypt(repository.token_encrypted),
                 repository.owner,
@@ -138,19 +194,39 @@ class StatusReporter:
                 target_url=item.target_url,
                 description=item.description,
             )
-        async with self.storage.db.transaction() as conn:
-            if posted or job is None or repository is None:
-                await self.storage.outbox.remove(conn, item.id)
-            elif item.attempts + 1 >= MAX_ATTEMPTS:
-                logger.warning(
-                    "Dropping %s status of %s@%s after %d attempts",
-                    item.context,
-                    repository.full_name,
-                    job.sha,
-                    item.attempts + 1,
-                )
-                await self.storage.outbox.remove(conn, item.id)
-            else:
-                delay = FIRST_RETRY * 2**item.attempts
-                await self.storage.outbox.postpone(conn, item.id, time.time() + delay)
+        except Exception:
+            logger.exception(
+                "Cannot post the %s status of %s@%s",
+                item.context,
+                repository.full_name,
+                job.sha,
+            )
+            posted = False
+        if posted:
+            await self._remove(item)
         return posted
+
+    async def _retry_or_drop(
+        self, item: OutboxItem, job: JobRecord, repository: RepositoryRecord
+    ) -> bool:
+        """After a failed attempt: True if the status was dropped for good."""
+        attempts = item.attempts + 1
+        if attempts >= self.max_attempts:
+            logger.warning(
+                "Dropping the %s=%s status of %s@%s after %d failed attempts",
+                item.context,
+                item.state,
+                repository.full_name,
+                job.sha,
+                attempts,
+            )
+            await self._remove(item)
+            return True
+        delay = self.first_retry * 2**item.attempts
+        async with self.storage.db.transaction() as conn:
+            await self.storage.outbox.postpone(conn, item.id, self.clock() + delay)
+        return False
+
+    async def _remove(self, item: OutboxItem) -> None:
+        async with self.storage.db.transaction() as conn:
+            await self.storage.outbox.remove(conn, item.id)

@@ -73,6 +73,7 @@ async def replace_repository_env(
     storage: Storage, box: SecretBox, repository: RepositoryRecord, update: EnvUpdate
 ) -> None:
     async with storage.db.transaction() as conn:
+        _check_one_set(update, await storage.env.repository_entries(repository.id))
         if update.vars is not None:
             await storage.env.replace_repository(
                 conn, repository.id, is_secret=False, values=update.vars
@@ -90,6 +91,7 @@ async def replace_owner_env(
     storage: Storage, box: SecretBox, owner: str, update: EnvUpdate
 ) -> None:
     async with storage.db.transaction() as conn:
+        _check_one_set(update, await storage.env.owner_entries(owner))
         if update.vars is not None:
             await storage.env.replace_owner(
                 conn, owner, is_secret=False, values=update.vars
@@ -97,6 +99,29 @@ async def replace_owner_env(
         if update.secrets is not None:
             await storage.env.replace_owner(
                 conn, owner, is_secret=True, values=_encrypted(box, update.secrets)
+            )
+
+
+def _check_one_set(update: EnvUpdate, stored: list[EnvEntry]) -> None:
+    """A name is a variable or a secret, never both.
+
+    A section left out of the update keeps its stored names, so a new
+    variable must not take the name of a kept secret (storing it would
+    silently drop that secret), and the other way round.
+    """
+    kept_vars = {e.name for e in stored if not e.is_secret}
+    kept_secrets = {e.name for e in stored if e.is_secret}
+    if update.vars is not None and update.secrets is None:
+        for name in sorted(set(update.vars) & kept_secrets):
+            raise ValidationFailed(
+                ["body", "vars", name],
+                "is a secret already; replace the secrets in the same request",
+            )
+    if update.secrets is not None and update.vars is None:
+        for name in sorted(set(update.secrets) & kept_vars):
+            raise ValidationFailed(
+                ["body", "secrets", name],
+                "is a variable already; replace the variables in the same request",
             )
 
 

@@ -10,8 +10,8 @@ from urllib.parse import parse_qs
 
 from api.errors import BadRequest
 
-ZERO_SHA = "0" * 40
-_SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+# A full object id: SHA-1, or SHA-256 for repositories that use it.
+_SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 BRANCH_PREFIX = "refs/heads/"
 
 
@@ -30,7 +30,7 @@ class Push:
 
     @property
     def removes_branch(self) -> bool:
-        return self.deleted or self.after == ZERO_SHA
+        return self.deleted or self.after.strip("0") == ""
 
 
 def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
@@ -55,13 +55,13 @@ def parse_push(data: dict[str, Any]) -> Push:
     after = data.get("after")
     if not isinstance(ref, str) or not isinstance(after, str):
         raise BadRequest("Push payload needs string 'ref' and 'after'")
-    if not _SHA_RE.match(after):
+    if not _SHA_RE.fullmatch(after):
         raise BadRequest("Push payload's 'after' is not a commit sha")
     sender = data.get("sender")
     login = sender.get("login") if isinstance(sender, dict) else None
     return Push(
         ref=ref,
         after=after,
-        deleted=bool(data.get("deleted", False)),
+        deleted=data.get("deleted") is True,
         sender=login if isinstance(login, str) else None,
     )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from api.crypto import SecretBox
 from api.errors import Gone, NotFound, Unauthorized
@@ -15,6 +16,12 @@ from api.jobs.runner import JobRunner
 from api.storage import Storage
 from api.storage.records import JobKind, JobRecord, RepositoryRecord, RepositoryStatus
 from api.webhooks.payloads import parse_body, parse_push
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+# Bodies above this size are hashed and parsed off the event loop.
+LARGE_BODY = 2**20
 
 IGNORED = "ignored"
 QUEUED = "queued"
@@ -49,25 +56,24 @@ async def receive(
     repository = await storage.repositories.get_by_webhook_uid(uid)
     if repository is None:
         raise NotFound("Unknown webhook")
+    secret = _secret(box, repository.webhook_secret_encrypted)
     try:
-        event = verify_webhook(
-            headers, body, _secret(box, repository.webhook_secret_encrypted)
-        )
+        event = await _run(body, verify_webhook, headers, body, secret)
     except InvalidSignature:
         raise Unauthorized("Invalid signature") from None
     if repository.status is RepositoryStatus.REVOKED:
         raise Gone(f"Access to {repository.full_name} was revoked")
     if event.event == "ping":
+        await _record(storage, repository, event.delivery_id, event.event, PONG)
         return Intake(200, repository, detail=PONG)
     if event.event != "push":
-        return await _record_ignored(
-            storage, repository, event.delivery_id, event.event
-        )
+        await _record(storage, repository, event.delivery_id, event.event, IGNORED)
+        return Intake(202, repository, detail=IGNORED)
 
-    push = parse_push(parse_body(body, content_type))
+    push = parse_push(await _run(body, parse_body, body, content_type))
     if push.branch != repository.branch or push.removes_branch:
-        return await _record_ignored(storage, repository, event.delivery_id, "push")
-    runner.ensure_accepting()
+        await _record(storage, repository, event.delivery_id, event.event, IGNORED)
+        return Intake(202, repository, detail=IGNORED)
     return await _queue_test(
         storage=storage,
         runner=runner,
@@ -78,21 +84,39 @@ async def receive(
     )
 
 
-async def _record_ignored(
-    storage: Storage, repository: RepositoryRecord, delivery_id: str | None, event: str
-) -> Intake:
+async def _run(
+    body: bytes, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """``function(*args)``; in a thread for a large body, so the loop keeps serving."""
+    if len(body) > LARGE_BODY:
+        return await asyncio.to_thread(function, *args, **kwargs)
+    return function(*args, **kwargs)
+
+
+async def _record(
+    storage: Storage,
+    repository: RepositoryRecord,
+    delivery_id: str | None,
+    event: str,
+    result: str,
+) -> None:
+    """Record a delivery that queues nothing (once: redeliveries are no-ops)."""
+    delivery = delivery_id or _local_delivery_id()
     async with storage.db.transaction() as conn:
-        delivery = delivery_id or f"local-{uuid.uuid4().hex}"
         if await storage.deliveries.find(conn, repository.id, delivery) is None:
             await storage.deliveries.record(
                 conn,
                 repository_id=repository.id,
                 delivery_id=delivery,
                 event=event,
-                result=IGNORED,
+                result=result,
                 job_id=None,
             )
-    return Intake(202, repository, detail=IGNORED)
+
+
+def _local_delivery_id() -> str:
+    """An id for a delivery without ``X-GitHub-Delivery`` (never a redelivery)."""
+    return f"local-{uuid.uuid4().hex}"
 
 
 async def _queue_test(
@@ -104,7 +128,7 @@ async def _queue_test(
     sha: str,
     sender: str | None,
 ) -> Intake:
-    delivery = delivery_id or f"local-{uuid.uuid4().hex}"
+    delivery = delivery_id or _local_delivery_id()
     trigger: dict[str, Any] = {"type": "push", "delivery": delivery}
     if sender:
         trigger["user"] = sender
@@ -117,6 +141,7 @@ async def _queue_test(
             if job is None:
                 return Intake(202, repository, detail=IGNORED)
             return Intake(202, repository, job=job)
+        runner.ensure_accepting()  # 503 while draining; a redelivery still works
         job, superseded = await storage.jobs.enqueue(
             conn,
             repository_id=repository.id,
