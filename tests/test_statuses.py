@@ -327,6 +327,14 @@ async def test_statuses_of_deleted_repositories_are_forgotten(h: Harness) -> Non
     assert h.github.statuses == []
 
 
+async def test_late_events_of_deleted_jobs_are_dropped(h: Harness) -> None:
+    job = await h.queue()
+    async with h.storage.db.transaction() as conn:
+        await h.storage.repositories.delete(conn, h.repository.id)
+    await h.emit(EventType.FINISHED, replace(job, status=JobStatus.CANCELLED))
+    assert await h.waiting() == 0
+
+
 async def test_concurrent_rounds_post_each_status_once(h: Harness) -> None:
     for sha in (SHA, OTHER_SHA):
         await h.emit(EventType.QUEUED, await h.queue(sha=sha))

@@ -606,10 +606,16 @@ async def test_push_while_draining_is_503_and_can_be_redelivered(
         assert await deliveries_of(client) == []
     finally:
         client.app[RUNNER].draining = False
-    # GitHub's redelivery after the restart queues the job
+    # GitHub's redelivery (to the next instance) queues the job. Not waited
+    # for: the simulated drain may have stopped this runner's loop.
     status, job = await send_push(client, webhook, sha, delivery="drained")
-    assert (status, job["sha"]) == (202, sha)
-    assert (await wait_for_job(client, job["number"]))["status"] == "success"
+    assert (status, job["kind"], job["status"], job["sha"]) == (
+        202,
+        "test",
+        "queued",
+        sha,
+    )
+    assert await deliveries_of(client) == [("drained", "push", "queued", 2)]
 
 
 async def test_redelivery_while_draining_answers_the_first_job(
@@ -712,11 +718,10 @@ async def test_jobs_do_not_wait_for_github(
     """A slow GitHub delays the statuses, never the webhook answer or the job."""
     sha = remote.commit({"a": "1"})
     await jobs_of(client)  # the caller's token is in the access cache now
-    github.delay(1.0)
-    started = time.monotonic()
+    github.delay(1.0)  # every status takes a second, one after the other
     status, queued = await send_push(client, webhook, sha)
     assert status == 202
-    assert time.monotonic() - started < 1.0
+    assert github.statuses == []  # answered before GitHub has seen anything
     done = await wait_for_job(client, queued["number"])
     assert done["status"] == "success"
     assert not [s for s in github.statuses if s["state"] == "success"]

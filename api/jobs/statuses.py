@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -118,16 +119,29 @@ class StatusReporter:
             return
         if event.type not in (EventType.QUEUED, EventType.STARTED, EventType.FINISHED):
             return
-        async with self.storage.db.transaction() as conn:
-            await self.storage.outbox.add(
-                conn,
-                job_id=job.id,
-                state=state_of(job),
-                context=f"hobotnica/{job.kind}",
-                description=describe(job),
-                target_url=job_url(self.settings.base_url, event.repository, job.number)
-                + "/log",
+        try:
+            async with self.storage.db.transaction() as conn:
+                await self.storage.outbox.add(
+                    conn,
+                    job_id=job.id,
+                    state=state_of(job),
+                    context=f"hobotnica/{job.kind}",
+                    description=describe(job),
+                    target_url=job_url(
+                        self.settings.base_url, event.repository, job.number
+                    )
+                    + "/log",
+                )
+        except sqlite3.IntegrityError:
+            # The repository was deleted meanwhile (with its jobs): the event
+            # arrived late and there is nothing left to report on.
+            logger.info(
+                "No %s status for job #%s of %s: it is gone",
+                job.kind,
+                job.number,
+                event.repository.full_name,
             )
+            return
         self._wake.set()
 
     async def _post_loop(self) -> None:
