@@ -20,6 +20,20 @@ DEFAULT_MAX_BYTES = 50 * 2**20
 TRUNCATED = "\n[hobotnica] log truncated at {} bytes\n"
 
 
+# Finding secrets fast: ``bytes.find`` is C, but its skip tables hash bytes
+# modulo 64, so output flooded with a byte that collides with one in a
+# secret (``x`` and ``8``) slows it down to one step per byte. A secret that
+# has a byte which is rare in the output is looked for by that byte alone
+# (``memchr``), each hit checked in place. The choice is reviewed every
+# REVIEW_EVERY chunks on a sample of the output, and dropped for plain
+# ``find`` as soon as the byte turns out to be common.
+REVIEW_EVERY = 32
+SAMPLE_BYTES = 8192
+MIN_REVIEW_BYTES = 4096
+RARE = 1 / 1024  # anchor bytes are at most this frequent in the sample
+ANCHOR_HITS = 64  # candidates per search before giving up an anchor
+
+
 class SecretMasker:
     """Replaces every secret value by ``***`` in a stream of chunks.
 
@@ -27,49 +41,132 @@ class SecretMasker:
     on after it (leftmost-longest), so the output does not depend on where
     the stream was split: ``feed`` holds back the end of a chunk (at most
     ``longest - 1`` bytes) only while it could still be the start of a secret.
+
+    Each secret is searched for on its own in C (``bytes.find`` of the secret
+    or of a rare byte of it, see ``REVIEW_EVERY``) and again only once the
+    scan has passed its next occurrence, so output without secrets costs a
+    few fast passes and no copy.
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
         values = {secret.encode() for secret in secrets if secret}
-        ordered = sorted(values, key=lambda value: (-len(value), value))
-        # Alternatives are tried in order: longest first at each position.
-        self._pattern = (
-            re.compile(b"|".join(re.escape(value) for value in ordered))
-            if ordered
-            else None
+        # Longest first: at a tie for the leftmost position the longest wins.
+        self._values = sorted(values, key=lambda value: (-len(value), value))
+        self._keep = len(self._values[0]) - 1 if self._values else 0
+        first_bytes = b"".join(
+            re.escape(bytes([byte])) for byte in sorted({v[0] for v in self._values})
         )
-        self._values = ordered
-        self._first_bytes = {value[0] for value in ordered}
-        self._keep = len(ordered[0]) - 1 if ordered else 0
+        self._may_start = re.compile(
+            b"[" + first_bytes + b"]" if first_bytes else b"(?!)"
+        )
+        # Per secret: (byte, its offset in the secret) to search by, or None.
+        self._anchors: list[tuple[bytes, int] | None] = [None] * len(self._values)
+        self._until_review = 0
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
         """Return the masked bytes that are safe to emit so far."""
-        if self._pattern is None:
+        if not self._values:
             return chunk
-        data = self._pending + chunk
+        data = self._pending + chunk if self._pending else chunk
+        if len(data) >= MIN_REVIEW_BYTES:
+            self._until_review -= 1
+            if self._until_review < 0:
+                self._review(data)
         # A match starting before ``decided`` has all the bytes it needs.
         decided = len(data) - self._keep
-        out: list[bytes] = []
-        emitted = 0
-        for match in self._pattern.finditer(data):
-            if match.start() >= decided:
-                break
-            out += (data[emitted : match.start()], MASK)
-            emitted = match.end()
+        pieces, emitted = self._scan(data, decided, self._anchors)
         held = self._undecided_from(data, max(emitted, decided))
-        out.append(data[emitted:held])
         self._pending = data[held:]
-        return b"".join(out)
+        if not pieces:
+            return data if held == len(data) else data[:held]
+        pieces.append(data[emitted:held])
+        return b"".join(pieces)
+
+    def _review(self, data: bytes) -> None:
+        """Pick, per secret, a byte that is rare in (a sample of) the output."""
+        self._until_review = REVIEW_EVERY
+        sample = data[:SAMPLE_BYTES]
+        counts: dict[int, int] = {}
+        for index, value in enumerate(self._values):
+            for byte in value:
+                if byte not in counts:
+                    counts[byte] = sample.count(byte)
+            rarest = min(value, key=counts.__getitem__)
+            rare = counts[rarest] <= len(sample) * RARE
+            self._anchors[index] = (
+                (bytes([rarest]), value.index(rarest)) if rare else None
+            )
+
+    def _scan(
+        self, data: bytes, stop: int, anchors: list[tuple[bytes, int] | None]
+    ) -> tuple[list[bytes], int]:
+        """Leftmost-longest matches starting before ``stop``: the pieces of
+        output up to the end of the last one, and where that end is."""
+        pieces: list[bytes] = []
+        emitted = 0
+        if stop <= 0:
+            return pieces, emitted
+        values = self._values
+        # A search never runs into the undecided end (and ``end`` is never
+        # negative: ``find`` would count that from the end).
+        ends = [min(len(data), stop + len(value) - 1) for value in values]
+        found = [
+            self._find(data, index, 0, ends[index], anchors)
+            for index in range(len(values))
+        ]
+        while True:
+            best = -1
+            length = 0
+            for position, value in zip(found, values, strict=True):
+                if position >= 0 and (best < 0 or position < best):
+                    best, length = position, len(value)
+            if best < 0:
+                return pieces, emitted
+            pieces += (data[emitted:best], MASK)
+            emitted = best + length
+            for index, position in enumerate(found):
+                if 0 <= position < emitted:
+                    found[index] = self._find(
+                        data, index, emitted, ends[index], anchors
+                    )
+
+    def _find(
+        self,
+        data: bytes,
+        index: int,
+        start: int,
+        end: int,
+        anchors: list[tuple[bytes, int] | None],
+    ) -> int:
+        """First occurrence of secret ``index`` in ``data[start:end]``, or -1."""
+        value = self._values[index]
+        anchor = anchors[index]
+        if anchor is None:
+            return data.find(value, start, end)
+        byte, offset = anchor
+        # Where the anchor byte sits when the whole secret fits in the range.
+        position = start + offset
+        limit = end - len(value) + offset + 1
+        for _ in range(ANCHOR_HITS):
+            position = data.find(byte, position, limit)
+            if position < 0:
+                return -1
+            if data.startswith(value, position - offset):
+                return position - offset
+            position += 1
+        anchors[index] = None  # not rare after all: plain find until a review
+        return data.find(value, position - offset, end)
 
     def _undecided_from(self, data: bytes, start: int) -> int:
         """First position from ``start`` on where a secret may begin."""
-        for position in range(start, len(data)):
-            if data[position] not in self._first_bytes:
-                continue
+        position = start
+        while (candidate := self._may_start.search(data, position)) is not None:
+            position = candidate.start()
             tail = data[position:]
             if any(tail[: len(value)] == value[: len(tail)] for value in self._values):
                 return position
+            position += 1
         return len(data)
 
     def flush(self) -> bytes:
@@ -79,9 +176,13 @@ class SecretMasker:
 
     def mask(self, data: bytes) -> bytes:
         """Mask one complete piece of data (not part of the stream)."""
-        if self._pattern is None:
+        if not self._values or not data:
             return data
-        return self._pattern.sub(MASK, data)
+        pieces, emitted = self._scan(data, len(data), [None] * len(self._values))
+        if not pieces:
+            return data
+        pieces.append(data[emitted:])
+        return b"".join(pieces)
 
 
 class LogWriter:
@@ -117,6 +218,8 @@ class LogWriter:
 
     def write(self, chunk: bytes) -> None:
         """Write command output (a chunk of a stream)."""
+        if self._truncated:
+            return  # dropped anyway: no need to mask it
         self._store(self._masker.feed(chunk))
 
     def line(self, text: str) -> None:

@@ -8,6 +8,12 @@ a synchronous ``sink`` chunk by chunk; nothing is accumulated here.
 Whatever way a run ends (exit, timeout, cancel event, cancelled coroutine),
 the whole process group is killed before ``run_process`` returns or raises:
 a ``make`` that left ``sleep 1000 &`` behind leaves no orphan.
+
+No asyncio subprocess transport: the child is a plain ``subprocess.Popen``
+(vfork + exec, as asyncio does too), its exit is watched through a pidfd in
+the event loop (no watcher thread per child, whose wake-ups would wait for
+the GIL), and the pipe is read by an ``add_reader`` callback straight into
+the sink, one read of up to ``CHUNK_SIZE`` bytes per callback.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-CHUNK_SIZE = 64 * 1024
+CHUNK_SIZE = 256 * 1024
 PIPE_SIZE = 1 << 20
 # How long to keep reading after the group is gone: only a process that left
 # the group (setsid) can still hold the pipe open at that point.
@@ -125,8 +132,9 @@ async def run_process(
     args = _checked_argv(argv)
     read_fd, write_fd = _open_pipe()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *args,
+        # Not blocking on the child: vfork + exec, as asyncio's transport does.
+        proc = subprocess.Popen(  # noqa: ASYNC220
+            args,
             stdin=subprocess.DEVNULL,
             stdout=write_fd,
             stderr=subprocess.STDOUT,
@@ -140,7 +148,7 @@ async def run_process(
     finally:
         os.close(write_fd)
     return await _supervise(
-        proc,
+        _Child(proc),
         read_fd,
         sink=sink,
         limit=timeout,
@@ -151,7 +159,7 @@ async def run_process(
 
 
 async def _supervise(
-    proc: asyncio.subprocess.Process,
+    child: _Child,
     read_fd: int,
     *,
     sink: Callable[[bytes], None],
@@ -163,21 +171,23 @@ async def _supervise(
     started = time.monotonic()
     pump: _Pump | None = None
     try:
-        pump = await _Pump.start(read_fd, sink)
+        pump = _Pump(read_fd, sink)
         if on_start is not None:
-            on_start(proc.pid)
-        outcome = await _wait_for_end(proc, pump.task, limit, cancel)
-        await _stop_group(proc, kill_grace if outcome != Outcome.EXITED else 0.0)
+            on_start(child.pid)
+        outcome = await _wait_for_end(child, pump, limit, cancel)
+        await _stop_group(child, kill_grace if outcome != Outcome.EXITED else 0.0)
         elapsed = time.monotonic() - started
         await pump.drain(DRAIN_TIMEOUT)
     except BaseException:
         # Cancelled coroutine, failing sink or on_start: never leave the group.
-        await asyncio.shield(_stop_group(proc, kill_grace))
+        await asyncio.shield(_stop_group(child, kill_grace))
         raise
     finally:
         if pump is not None:
             pump.close()
-    return ProcessResult(outcome, proc.returncode, elapsed)
+        else:
+            os.close(read_fd)
+    return ProcessResult(outcome, child.returncode, elapsed)
 
 
 def _checked_argv(argv: Sequence[str]) -> list[str]:
@@ -195,49 +205,48 @@ def _open_pipe() -> tuple[int, int]:
 
 
 async def _wait_for_end(
-    proc: asyncio.subprocess.Process,
-    pump: asyncio.Task[None],
+    child: _Child,
+    pump: _Pump,
     limit: float | None,
     cancel: asyncio.Event | None,
 ) -> Outcome:
     loop = asyncio.get_running_loop()
     deadline = None if limit is None else loop.time() + limit
-    exited = asyncio.ensure_future(proc.wait())
     cancelled = asyncio.ensure_future(cancel.wait()) if cancel else None
-    watched = {exited, pump} | ({cancelled} if cancelled else set())
+    watched: set[asyncio.Future[Any]] = {child.exited, pump.done}
+    if cancelled is not None:
+        watched.add(cancelled)
     try:
         while True:
-            if exited.done():
+            if child.exited.done():
                 return Outcome.EXITED
             if cancelled is not None and cancelled.done():
                 return Outcome.CANCELLED
-            if pump.done():
-                pump.result()  # a failing sink ends the run
+            if pump.done.done():
+                pump.done.result()  # a failing sink ends the run
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return Outcome.TIMED_OUT
-            pending = {task for task in watched if not task.done()}
+            pending = {future for future in watched if not future.done()}
             await asyncio.wait(
                 pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
             )
     finally:
-        for task in (exited, cancelled):
-            if task is not None:
-                task.cancel()
+        if cancelled is not None:
+            cancelled.cancel()
 
 
-async def _stop_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _stop_group(child: _Child, grace: float) -> None:
     """SIGTERM the group and give it ``grace`` seconds (0: none) to end,
     then SIGKILL whatever is left, reap the leader and the orphans."""
-    pgid = proc.pid
+    pgid = child.pid
     if grace > 0 and kill_process_group(pgid, signal.SIGTERM):
         deadline = time.monotonic() + grace
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), grace)
-        if proc.returncode is not None:  # leader reaped: wait for the rest
+        await asyncio.wait({child.exited}, timeout=grace)
+        if child.returncode is not None:  # leader reaped: wait for the rest
             await _wait_group_gone(pgid, deadline)
     kill_process_group(pgid, signal.SIGKILL)
-    await proc.wait()
+    await asyncio.shield(child.exited)
     if is_subreaper():
         await _wait_group_gone(pgid, time.monotonic() + REAP_TIMEOUT)
 
@@ -259,42 +268,107 @@ async def _wait_group_gone(pgid: int, deadline: float) -> None:
         await asyncio.sleep(_POLL)
 
 
+class _Child:
+    """The leader: its exit is ``exited``, resolved once it has been reaped."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[None] = self._loop.create_future()
+        self._pidfd: int | None = None
+        self._poller: asyncio.Task[None] | None = None
+        try:
+            self._pidfd = os.pidfd_open(proc.pid)
+            self._loop.add_reader(self._pidfd, self._on_exit)
+        except (AttributeError, OSError, NotImplementedError):
+            # Not Linux 5.3+ (or a loop without readers): poll instead.
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+            self._poller = self._loop.create_task(self._poll())
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def _on_exit(self) -> None:
+        if self.proc.poll() is None:  # reaps the leader once it has exited
+            return
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    async def _poll(self) -> None:
+        while self.proc.poll() is None:  # noqa: ASYNC110 - no pidfd to wait on
+            await asyncio.sleep(_POLL)
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 class _Pump:
-    """Reads the pipe into the sink; the reader's buffer bounds memory."""
+    """Reads the pipe into the sink from a loop callback.
 
-    def __init__(self, task: asyncio.Task[None], transport: asyncio.BaseTransport):
-        self.task = task
-        self._transport = transport
+    Owns ``read_fd`` once constructed (``close`` closes it); if the
+    constructor raises, the caller still owns it.
 
-    @classmethod
-    async def start(cls, read_fd: int, sink: Callable[[bytes], None]) -> _Pump:
-        """Takes ownership of ``read_fd``."""
+    One read per callback keeps other work on the loop going during a flood
+    of output; memory is one chunk at a time. ``done`` resolves at EOF, or
+    with the exception of a failing read or sink.
+    """
+
+    def __init__(self, read_fd: int, sink: Callable[[bytes], None]) -> None:
+        self._fd: int | None = read_fd
+        self._sink = sink
+        self._loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self._loop.create_future()
+        os.set_blocking(read_fd, False)
+        self._loop.add_reader(read_fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        assert self._fd is not None
         try:
-            pipe = os.fdopen(read_fd, "rb", buffering=0)
-        except BaseException:
-            os.close(read_fd)
-            raise
-        reader = asyncio.StreamReader(limit=CHUNK_SIZE)
+            chunk = os.read(self._fd, CHUNK_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as err:
+            self._finish(err)
+            return
+        if not chunk:
+            self._finish(None)
+            return
         try:
-            transport, _ = await asyncio.get_running_loop().connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader), pipe
-            )
-        except BaseException:
-            pipe.close()
-            raise
-        return cls(asyncio.ensure_future(_copy(reader, sink)), transport)
+            self._sink(chunk)
+        except Exception as err:
+            self._finish(err)
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._close_fd()
+        if self.done.done():
+            return
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
     async def drain(self, limit: float) -> None:
         """Wait up to ``limit`` for EOF, then surface any sink error."""
-        await asyncio.wait({self.task}, timeout=limit)
-        if self.task.done():
-            self.task.result()
+        await asyncio.wait({self.done}, timeout=limit)
+        if self.done.done():
+            self.done.result()
 
     def close(self) -> None:
-        self.task.cancel()
-        self._transport.close()
-
-
-async def _copy(reader: asyncio.StreamReader, sink: Callable[[bytes], None]) -> None:
-    while chunk := await reader.read(CHUNK_SIZE):
-        sink(chunk)
+        self._close_fd()
+        if not self.done.done():
+            self.done.cancel()
+        elif not self.done.cancelled():
+            self.done.exception()  # retrieved: no "never retrieved" warning
