@@ -14,6 +14,7 @@ from aiohttp import web
 
 from api import __version__
 from api.app import create_app
+from api.jobs.process import become_subreaper
 from api.keys import RUNNER
 from api.log import RequestIdAccessLogger, setup_logging
 from api.settings import Settings, SettingsError
@@ -72,6 +73,9 @@ async def serve(settings: Settings) -> None:
     503 with Retry-After and health reports the drain, so a proxy switches
     away while log followers keep streaming.
     """
+    # Adopt orphaned job processes, so that killed ones are reaped at once
+    # even where PID 1 does not reap (containers).
+    become_subreaper()
     app = create_app(settings=settings)
     runner = web.AppRunner(
         app,

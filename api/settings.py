@@ -88,7 +88,9 @@ class Settings:
     log_max_bytes: int = 50 * 2**20
     log_level: str = "INFO"
     body_max_bytes: int = 1 * 2**20
-    webhook_body_max_bytes: int = 25 * 2**20
+    # GitHub caps payloads at 25 MB; the slack covers form encoding and
+    # headers of a payload right at the cap.
+    webhook_body_max_bytes: int = 25 * 2**20 + 256 * 2**10
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -126,15 +126,7 @@ async def test_write_user_deploys_an_older_sha(
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(
-            None,
-            id="no body",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="needs fix in api/openapi.yaml + api/jobs/views.py: a POST"
-                " without a body (curl -X POST) fails rororo validation with 422",
-            ),
-        ),
+        pytest.param(None, id="no body"),
         pytest.param({}, id="empty object"),
     ],
 )
@@ -323,11 +315,6 @@ async def test_deploy_while_draining_is_503(
 
 
 @pytest.mark.integrational
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix in api/jobs/runner.py: no job event once a deploy's sha"
-    " is resolved, so the reporter never posts its pending status",
-)
 async def test_deploy_of_the_branch_head_reports_pending_first(
     client: Client, github: FakeGitHub, remote: GitRemote, webhook: dict[str, str]
 ) -> None:
@@ -335,4 +322,17 @@ async def test_deploy_of_the_branch_head_reports_pending_first(
     _, job = await deploy(client, {}, auth_headers())
     await wait_for_job(client, job["number"])
     posted = await wait_for_status(github, head, "success")
-    assert posted[0]["state"] == "pending"
+    assert [s["state"] for s in posted] == ["pending", "success"]
+
+
+@pytest.mark.integrational
+async def test_a_deploy_body_that_is_not_json_is_422(
+    client: Client, remote: GitRemote, webhook: dict[str, str]
+) -> None:
+    response = await client.post(
+        "/api/repositories/octocat/hello/deploys",
+        data=b"ref=main",
+        headers={**auth_headers(), "Content-Type": "application/octet-stream"},
+    )
+    assert response.status == 422
+    assert (await response.json())["detail"][0]["loc"] == ["body"]

@@ -16,6 +16,8 @@ logger = logging.getLogger(__name__)
 class EventType(enum.StrEnum):
     QUEUED = "queued"
     STARTED = "started"
+    # A job queued without a commit (a deploy of a branch head) now has one.
+    RESOLVED = "resolved"
     FINISHED = "finished"
     GIT_AUTH_FAILED = "git_auth_failed"
 

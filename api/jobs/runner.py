@@ -9,7 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -284,8 +284,14 @@ class JobRunner:
             self._spawn(self._store(self.storage.jobs.set_pgid, job.id, pgid))
 
         def on_sha(sha: str) -> None:
-            if sha != job.sha:
-                self._spawn(self._store(self.storage.jobs.set_sha, job.id, sha))
+            if sha == job.sha:
+                return
+            self._spawn(self._store(self.storage.jobs.set_sha, job.id, sha))
+            if job.sha is None and job.kind is not JobKind.CLONE:
+                resolved = replace(job, sha=sha, status=JobStatus.RUNNING)
+                self.events.emit(
+                    JobEvent(EventType.RESOLVED, resolved, plan.repository)
+                )
 
         def on_output() -> None:
             running.output.set()

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 FIRST_RETRY = 5.0
 IDLE_WAIT = 30.0
+# How long a process may take to post a status before another may retry it.
+LEASE_SECONDS = 60.0
 # How many waiting statuses one round looks at (oldest first).
 SCAN_LIMIT = 1000
 
@@ -117,7 +119,9 @@ class StatusReporter:
         job = event.job
         if job.kind is JobKind.CLONE or job.sha is None:
             return
-        if event.type not in (EventType.QUEUED, EventType.STARTED, EventType.FINISHED):
+        # One pending status when the job is queued (or, queued without a
+        # commit, once its commit is known), then the result.
+        if event.type not in (EventType.QUEUED, EventType.RESOLVED, EventType.FINISHED):
             return
         try:
             async with self.storage.db.transaction() as conn:
@@ -187,11 +191,20 @@ class StatusReporter:
                 if item.id not in due:
                     blocked.add(key)
                     continue
+                if not await self._lease(item, now):
+                    blocked.add(key)  # another instance is posting it
+                    continue
                 if await self._post(item, job, repository):
                     delivered += 1
                 elif not await self._retry_or_drop(item, job, repository):
                     blocked.add(key)
             return delivered
+
+    async def _lease(self, item: OutboxItem, now: float) -> bool:
+        async with self.storage.db.transaction() as conn:
+            return await self.storage.outbox.lease(
+                conn, item.id, now, now + LEASE_SECONDS
+            )
 
     async def _post(
         self, item: OutboxItem, job: JobRecord, repository: RepositoryRecord

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 from rororo import OperationTableDef, openapi_context
 
 from api import auth
+from api.errors import ValidationFailed
 from api.jobs import service
 from api.jobs.logs import follow_log, read_log
 from api.jobs.serializers import job_to_dict
@@ -20,9 +23,13 @@ LOG_CHUNK = 256 * 1024
 @operations.register
 async def create_deploy(request: web.Request) -> web.Response:
     with openapi_context(request) as context:
-        body = context.data or {}
-        ref, sha = body.get("ref"), body.get("sha")
-        require_tests = bool(body.get("require_tests", False))
+        body = context.data
+    if not isinstance(body, Mapping):
+        if body:
+            raise ValidationFailed(["body"], "must be a JSON object")
+        body = {}
+    ref, sha = body.get("ref"), body.get("sha")
+    require_tests = bool(body.get("require_tests", False))
     allowed, repository = await auth.authorize_registered(request, push=True)
     job = await service.queue_deploy(
         request.app[STORAGE],

@@ -47,6 +47,22 @@ class StatusOutbox:
         )
         return None if value is None else float(value)
 
+    async def lease(
+        self, conn: aiosqlite.Connection, item_id: int, now: float, until: float
+    ) -> bool:
+        """Take a due item for posting; False if another process took it.
+
+        The lease ends at ``until``: if the taker dies, the item is due again.
+        """
+        cursor = await conn.execute(
+            "UPDATE status_outbox SET next_attempt_at = ?"
+            " WHERE id = ? AND next_attempt_at <= ?",
+            (until, item_id, now),
+        )
+        taken = cursor.rowcount == 1
+        await cursor.close()
+        return taken
+
     async def remove(self, conn: aiosqlite.Connection, item_id: int) -> None:
         await conn.execute("DELETE FROM status_outbox WHERE id = ?", (item_id,))
 
