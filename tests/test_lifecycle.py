@@ -15,22 +15,12 @@ import pytest
 
 from tests.fakes.github import FakeGitHub
 from tests.servers import ServerProcess
-from tests.support import GitRemote, auth_headers, clone_url_template
+from tests.support import FINISHED, GitRemote, auth_headers, clone_url_template
 from tests.test_jobs_runner import processes_with
 
 pytestmark = pytest.mark.integrational
 
 REPO = "/api/repositories/octocat/hello"
-FINISHED = {
-    "success",
-    "failed",
-    "error",
-    "cancelled",
-    "superseded",
-    "timed_out",
-    "interrupted",
-}
-
 ServerFactory = Callable[..., ServerProcess]
 
 

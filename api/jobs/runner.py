@@ -15,6 +15,7 @@ from typing import Any
 
 from aiosqlite import Connection
 
+from api.background import stop_task
 from api.crypto import SecretBox
 from api.errors import ServiceUnavailable
 from api.jobs.events import EventType, JobEvent, JobEvents
@@ -125,11 +126,8 @@ class JobRunner:
     async def close(self) -> None:
         """Interrupt running jobs (queued ones stay queued) and stop."""
         self.draining = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        await stop_task(self._loop_task)
+        self._loop_task = None
         for running in list(self.running.values()):
             running.plan.stop_status = JobStatus.INTERRUPTED
             running.plan.cancel.set()

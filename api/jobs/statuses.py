@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
+from api.background import stop_task
 from api.crypto import SecretBox
 from api.github import GitHubClient
 from api.jobs.events import EventType, JobEvent
@@ -109,11 +110,8 @@ class StatusReporter:
         self._task = asyncio.create_task(self._post_loop(), name="commit-statuses")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def on_event(self, event: JobEvent) -> None:
         job = event.job

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 
+from api.background import stop_task
 from api.crypto import SecretBox
 from api.github import (
     GitHubClient,
@@ -45,11 +45,8 @@ class AccessChecker:
         self._task = asyncio.create_task(self._periodic(), name="access-checks")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def on_event(self, event: JobEvent) -> None:
         if event.type is EventType.GIT_AUTH_FAILED:
