@@ -14,6 +14,7 @@ from api.keys import GITHUB, STORAGE
 from api.storage.records import RepositoryRecord
 
 USERNAME_HEADER = "X-GitHub-Username"
+AUTHORIZATION_HEADER = "Authorization"
 # Classic (40 hex), fine-grained and prefixed GitHub tokens: no spaces or
 # punctuation that could break a header or a log line.
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.\-]{8,255}$")
@@ -39,6 +40,11 @@ class RepositoryCaller:
 
 
 def _credentials(request: web.Request) -> tuple[str, str]:
+    # Two identities in one request are malformed, whichever one a proxy or
+    # the schema validation would pick.
+    for header in (USERNAME_HEADER, AUTHORIZATION_HEADER):
+        if len(request.headers.getall(header, [])) > 1:
+            raise NotAuthenticated()
     with openapi_context(request) as context:
         token = context.security.get("bearer")
         username = context.parameters.header.get(USERNAME_HEADER)

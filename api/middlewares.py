@@ -2,28 +2,43 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sqlite3
+import traceback
 import uuid
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp_middlewares.annotations import Handler, Middleware
 from aiohttp_middlewares.constants import NON_IDEMPOTENT_METHODS
 from aiohttp_middlewares.error import error_context
 from aiohttp_middlewares.shield import shield_middleware
-from rororo.openapi.constants import REQUEST_CORE_OPERATION_KEY
+from rororo.openapi.constants import (
+    REQUEST_CORE_OPERATION_KEY,
+    REQUEST_OPENAPI_CONTEXT_KEY,
+)
 from rororo.openapi.exceptions import OpenAPIError
 from rororo.openapi.validators import validate_response
 
 from api import github
-from api.errors import ApiError, BadGateway
+from api.errors import ApiError, BadGateway, ValidationFailed
 from api.log import REQUEST_ID_KEY, request_id_var
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_JSON_PACKAGE = Path(json.__file__).parent
+
+
+def is_json_too_deep(err: BaseException) -> bool:
+    """A ``RecursionError`` of the ``json`` module: the input nests too deeply."""
+    if not isinstance(err, RecursionError):
+        return False
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and Path(frames[-1].filename).parent == _JSON_PACKAGE
 
 
 def error_response(err: BaseException) -> web.Response:
@@ -60,6 +75,10 @@ def error_response(err: BaseException) -> web.Response:
     if isinstance(err, web.HTTPException):
         return web.json_response(
             {"detail": err.reason}, status=err.status, headers=_allow(err)
+        )
+    if is_json_too_deep(err):
+        return error_response(
+            ValidationFailed(["body"], "The JSON body is nested too deeply")
         )
     if isinstance(err, sqlite3.OperationalError | OSError):
         logger.exception("Storage failure")
@@ -116,9 +135,12 @@ async def response_validation_middleware(
 ) -> web.StreamResponse:
     """Validate answers against the schema; a mismatch is our bug (500).
 
-    Runs inside rororo's middleware (which validates requests). Streamed
-    answers (log follow) and empty bodies have nothing to validate.
+    Runs inside rororo's middleware (which validates requests), and first
+    closes the one gap of that validation: a JSON ``null`` body (see
+    :func:`reject_null_body`). Streamed answers (log follow) and empty
+    bodies have nothing to validate.
     """
+    reject_null_body(request)
     response = await handler(request)
     if (
         REQUEST_CORE_OPERATION_KEY not in request
@@ -132,6 +154,26 @@ async def response_validation_middleware(
         logger.error("Response of %s does not match the schema: %s", request.path, err)
         return web.json_response({"detail": "Internal Server Error"}, status=500)
     return response
+
+
+def reject_null_body(request: web.Request) -> None:
+    """422 for a JSON ``null`` where the schema requires a body.
+
+    openapi-core 0.13 (pinned by rororo) returns ``None`` for a ``null``
+    value without validating it, so ``null`` passes for a required object
+    body and handlers would get ``None`` as their data.
+    """
+    operation = request.get(REQUEST_CORE_OPERATION_KEY)
+    request_body = getattr(operation, "request_body", None)
+    if request_body is None or not getattr(request_body, "required", False):
+        return
+    context = request.get(REQUEST_OPENAPI_CONTEXT_KEY)
+    if context is None or context.data is not None:
+        return
+    media_type = getattr(request_body, "content", {}).get(request.content_type)
+    if getattr(getattr(media_type, "schema", None), "nullable", False):
+        return
+    raise ValidationFailed(["body"], "A request body is required, not null")
 
 
 def body_limit_middleware(
