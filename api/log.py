@@ -7,6 +7,7 @@ import logging
 import sys
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_log import AccessLogger
 
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
@@ -21,6 +22,22 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
+        return True
+
+
+class UnparsableRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse with its raw header line, which
+    may hold a token: keep the message and the error's class, drop the rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            message = record.getMessage()
+            record.msg = "%s (%s)"
+            record.args = (message, type(error).__name__)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
         return True
 
 
@@ -47,3 +64,4 @@ def setup_logging(level: str) -> None:
     # Validation failures are client errors, answered with 422 and not worth
     # a traceback in the server log.
     logging.getLogger("rororo").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(UnparsableRequestFilter())

@@ -352,13 +352,21 @@ async def test_header_injection_is_refused(
 
 
 @pytest.mark.integrational
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/jobs/logs.py seeks to any ?offset=: past the file system's limit "
-    "(or 2**63) seek raises -> 500/503 instead of an empty answer",
-)
 @pytest.mark.parametrize("follow", ["false", "true"])
-@pytest.mark.parametrize("offset", [2**53 - 1, 10**30])
+@pytest.mark.parametrize(
+    "offset",
+    [
+        pytest.param(
+            2**53 - 1,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="api/jobs/logs.py seeks to any ?offset=: past the file"
+                " system's limit seek raises -> 503 instead of an empty answer",
+            ),
+        ),
+        10**30,
+    ],
+)
 async def test_log_offset_past_the_end_is_an_empty_answer(
     client: Client, remote: GitRemote, offset: int, follow: str
 ) -> None:
@@ -425,11 +433,6 @@ async def test_webhook_bad_bodies_are_4xx_json_and_queue_nothing(
 
 
 @pytest.mark.integrational
-@pytest.mark.xfail(
-    strict=True,
-    reason="aiohttp.server logs a request line it cannot parse, with the raw "
-    "header: a token sent with a stray CR lands in the server log (api/log.py)",
-)
 async def test_a_malformed_authorization_line_keeps_the_token_out_of_the_log(
     tmp_path: Path, github: FakeGitHub
 ) -> None:
