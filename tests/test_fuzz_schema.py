@@ -132,11 +132,6 @@ async def test_schemathesis_finds_no_failure_in_any_operation(
     assert (await target.api.call("GET", "/api/health")).status == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/jobs/logs.py seeks to any ?offset=: past the file system's limit "
-    "(or 2**63) seek raises -> 500/503 (see test_bad_input)",
-)
 async def test_schemathesis_on_log_offsets_finds_no_failure(
     target: Target, tmp_path: Path
 ) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import os
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -277,6 +279,8 @@ def read_log(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
         raise ValueError("offset and limit must not be negative")
     try:
         with path.open("rb") as file:
+            if offset >= os.fstat(file.fileno()).st_size:
+                return b""  # nothing there (and seek fails past the FS's limit)
             file.seek(offset)
             return file.read(limit)
     except FileNotFoundError:
@@ -320,7 +324,11 @@ def _open_at(path: Path, offset: int) -> BinaryIO | None:
         file = path.open("rb")
     except FileNotFoundError:
         return None
-    file.seek(offset)
+    try:
+        file.seek(offset)
+    except (OSError, OverflowError, ValueError):
+        file.close()
+        return io.BytesIO()  # past any size this file system allows: never data
     return file
 
 
