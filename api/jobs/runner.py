@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import async_timeout
 from aiosqlite import Connection
 
 from api.background import stop_task
@@ -83,7 +84,6 @@ class JobRunner:
         self.draining = False
         self._lock = InstanceLock(settings.instances_dir, self.instance_id)
         self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._last_orphan_check = 0.0
         self._background: set[asyncio.Task[None]] = set()
@@ -118,8 +118,10 @@ class JobRunner:
                 grace,
                 len(tasks),
             )
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            if pending:
+            with contextlib.suppress(TimeoutError):
+                async with async_timeout.timeout(grace):
+                    await asyncio.wait(tasks)
+            if pending := [task for task in tasks if not task.done()]:
                 logger.warning("Interrupting %d job(s) after %g s", len(pending), grace)
         await self.close()
 
@@ -188,13 +190,14 @@ class JobRunner:
 
     async def _loop(self) -> None:
         while not self.draining:
+            # Cleared before looking, so a wake-up during the tick is not lost.
+            self._wake.clear()
             try:
                 await self._tick()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("Job runner tick failed; retrying")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
 
