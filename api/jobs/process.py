@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 CHUNK_SIZE = 256 * 1024
+# Pause after a read that emptied the pipe (see _Pump): at most this much
+# delay for the log, a few large reads instead of one per 4 KiB written.
+COALESCE = 0.001
 PIPE_SIZE = 1 << 20
 # How long to keep reading after the group is gone: only a process that left
 # the group (setsid) can still hold the pipe open at that point.
@@ -316,8 +319,12 @@ class _Pump:
     constructor raises, the caller still owns it.
 
     One read per callback keeps other work on the loop going during a flood
-    of output; memory is one chunk at a time. ``done`` resolves at EOF, or
-    with the exception of a failing read or sink.
+    of output; memory is one chunk at a time. After a read that emptied the
+    pipe, reading pauses for ``COALESCE`` seconds, so that a command writing
+    in small pieces (4-8 KiB from stdio) is read in large chunks rather than
+    woken up for at every piece: the pipe (``PIPE_SIZE``) holds what comes
+    meanwhile. ``done`` resolves at EOF, or with the exception of a failing
+    read or sink.
     """
 
     def __init__(self, read_fd: int, sink: Callable[[bytes], None]) -> None:
@@ -325,6 +332,7 @@ class _Pump:
         self._sink = sink
         self._loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self._loop.create_future()
+        self._paused: asyncio.TimerHandle | None = None
         os.set_blocking(read_fd, False)
         self._loop.add_reader(read_fd, self._on_readable)
 
@@ -344,6 +352,15 @@ class _Pump:
             self._sink(chunk)
         except Exception as err:
             self._finish(err)
+            return
+        if len(chunk) < CHUNK_SIZE and COALESCE > 0:
+            self._loop.remove_reader(self._fd)
+            self._paused = self._loop.call_later(COALESCE, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if self._fd is not None:
+            self._loop.add_reader(self._fd, self._on_readable)
 
     def _finish(self, error: BaseException | None) -> None:
         self._close_fd()
@@ -355,6 +372,9 @@ class _Pump:
             self.done.set_exception(error)
 
     def _close_fd(self) -> None:
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
         if self._fd is not None:
             self._loop.remove_reader(self._fd)
             os.close(self._fd)
