@@ -382,6 +382,9 @@ class _Pump:
 
     async def drain(self, limit: float) -> None:
         """Wait up to ``limit`` for EOF, then surface any sink error."""
+        if self._paused is not None:  # the command has ended: read on at once
+            self._paused.cancel()
+            self._resume()
         await asyncio.wait({self.done}, timeout=limit)
         if self.done.done():
             self.done.result()
