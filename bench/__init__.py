@@ -1,0 +1,1 @@
+"""Benchmarks of Hobotnica against a floor and a peer; see bench/README.md."""

@@ -1,0 +1,604 @@
+"""Shared parts of the benchmarks: processes, HTTP, git remotes, statistics.
+
+Everything runs on loopback with real parts: ``python -m api serve`` as a
+subprocess (:class:`Server`), the fake GitHub of the tests in a process of
+its own (:class:`FakeGitHubProcess`), bare repositories served over
+``file://`` (:class:`tests.support.GitRemote`), real git and make.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import tests.servers
+from tests.servers import ServerProcess, free_port
+from tests.support import TOKEN, USER, GitRemote, auth_headers, sign
+
+__all__ = [
+    "ROOT",
+    "TOKEN",
+    "USER",
+    "FakeGitHubProcess",
+    "GitRemote",
+    "Http",
+    "RssSampler",
+    "Server",
+    "Summary",
+    "auth_headers",
+    "base_parser",
+    "ensure_tool",
+    "free_port",
+    "machine",
+    "ratio",
+    "sign",
+    "wait_for",
+    "work_dir",
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+FINISHED = frozenset(
+    {
+        "success",
+        "failed",
+        "error",
+        "cancelled",
+        "superseded",
+        "timed_out",
+        "interrupted",
+    }
+)
+
+
+# -- statistics --------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    median: float
+    p90: float
+    p99: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        if not values:
+            return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
+        return cls(
+            len(values),
+            statistics.median(values),
+            percentile(values, 90),
+            percentile(values, 99),
+            min(values),
+            max(values),
+        )
+
+    def ms(self) -> str:
+        """Seconds shown as milliseconds."""
+        return (
+            f"median {self.median * 1e3:7.1f} ms  p90 {self.p90 * 1e3:7.1f} ms"
+            f"  min {self.low * 1e3:6.1f}  max {self.high * 1e3:6.1f}  (n={self.n})"
+        )
+
+
+def ratio(value: float, reference: float) -> float:
+    return value / reference if reference else math.nan
+
+
+# -- machine and command line ----------------------------------------------------
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"nproc {os.cpu_count()}, {model}, Python {platform.python_version()},"
+        f" {platform.system()} {platform.release()}"
+    )
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=description)
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory for inspection"
+    )
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="run the server from this checkout instead (before/after runs)",
+    )
+    return parser
+
+
+def use_source(source: Path | None) -> None:
+    """Run ``python -m api serve`` from another checkout of Hobotnica."""
+    if source is not None:
+        if not (source / "api" / "__main__.py").is_file():
+            raise SystemExit(f"{source} is not a Hobotnica checkout")
+        tests.servers.ROOT = source.resolve()
+
+
+@contextlib.contextmanager
+def work_dir(name: str, keep: bool = False) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=f"hobotnica-bench-{name}-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"# kept {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def ensure_tool(name: str, package: str | None = None) -> str:
+    """The tool's path; installs its Debian package when missing (as root)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    package = package or name
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print(f"# installing {package} for {name}", file=sys.stderr)
+    subprocess.run(
+        [*sudo, "apt-get", "install", "-y", "-qq", package],
+        check=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        stdout=subprocess.DEVNULL,
+    )
+    found = shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} is not available (apt-get install -y {package})")
+    return found
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    interval: float = 0.002,
+) -> None:
+    """Poll ``condition`` (bounded by ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout} s")
+        time.sleep(interval)
+
+
+def read_stamp(path: Path) -> float | None:
+    """A ``date +%s.%N`` stamp once it is completely written."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return float(text) if text.endswith("\n") else None
+
+
+# -- memory --------------------------------------------------------------------
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """``VmRSS``, ``VmHWM`` and the like of a process, in kB."""
+    values = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Vm"):
+                key, value = line.split(":", 1)
+                values[key] = int(value.split()[0])
+    return values
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    # After "(comm)": state is field 3, utime 14 and stime 15 (1-based).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class RssSampler:
+    """Samples a process's VmRSS in a thread; ``peak`` is the highest seen."""
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.start_kb = memory_kb(pid).get("VmRSS", 0)
+        self.peak_kb = self.start_kb
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss = memory_kb(self.pid).get("VmRSS", 0)
+            self.peak_kb = max(self.peak_kb, rss)
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak_kb - self.start_kb) / 1024
+
+
+# -- HTTP ---------------------------------------------------------------------
+
+
+class Http:
+    """A keep-alive HTTP/1.1 client for one loopback port."""
+
+    def __init__(self, port: int, timeout: float = 60.0) -> None:
+        self.port = port
+        self.timeout = timeout
+        self._connection: http.client.HTTPConnection | None = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        for attempt in range(2):
+            if self._connection is None:
+                self._connection = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=self.timeout
+                )
+            try:
+                self._connection.request(method, path, body, dict(headers or {}))
+                response = self._connection.getresponse()
+                data = response.read()
+            except (ConnectionError, http.client.HTTPException):
+                self.close()
+                if attempt:
+                    raise
+                continue
+            if response.will_close:
+                self.close()
+            return response.status, data
+        raise AssertionError("unreachable")
+
+    def json(
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        headers: Mapping[str, str] | None = None,
+        expect: int | tuple[int, ...] = (200, 202),
+    ) -> Any:
+        body = None if payload is None else json.dumps(payload).encode()
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        status, data = self.request(method, path, body, all_headers)
+        expected = (expect,) if isinstance(expect, int) else expect
+        if status not in expected:
+            raise RuntimeError(f"{method} {path}: {status} {data[:500]!r}")
+        return json.loads(data) if data else None
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+# -- processes -------------------------------------------------------------------
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL: only this process, by its pid."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
+class FakeGitHubProcess:
+    """``python -m bench.fake_github`` knowing the given repositories."""
+
+    def __init__(self, repos: Sequence[str], log: Path) -> None:
+        self.repos = list(repos)
+        self.log = log
+        self.url = ""
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> FakeGitHubProcess:
+        args = [arg for repo in self.repos for arg in ("--repo", repo)]
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [PYTHON, "-m", "bench.fake_github", *args],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode().strip()
+        if not line.startswith("URL "):
+            stop_process(self.process)
+            raise RuntimeError(f"fake GitHub did not start: {line!r}")
+        self.url = line.split(" ", 1)[1]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            if self.process.stdout is not None:
+                self.process.stdout.close()
+
+
+class Server:
+    """Hobotnica (``python -m api serve``) as a subprocess, plus API helpers."""
+
+    def __init__(
+        self,
+        root: Path,
+        github_url: str,
+        env: Mapping[str, str] | None = None,
+        *,
+        name: str = "var",
+    ) -> None:
+        self.root = root
+        self.data_dir = root / name
+        self.process = ServerProcess(
+            self.data_dir,
+            {
+                "HOBOTNICA_GITHUB_API_URL": github_url,
+                "HOBOTNICA_GITHUB_CLONE_URL": clone_url_template(root),
+                "HOBOTNICA_LOG_LEVEL": "INFO",
+                **(env or {}),
+            },
+        )
+        self.http = Http(self.process.port)
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def pid(self) -> int:
+        assert self.process.process is not None
+        return self.process.process.pid
+
+    def __enter__(self) -> Server:
+        self.process.start(timeout=60)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+        if self.process.process is not None:
+            stop_process(self.process.process, timeout=30)
+
+    def memory_kb(self) -> dict[str, int]:
+        return memory_kb(self.pid)
+
+    def register(self, owner: str, name: str) -> dict[str, Any]:
+        """Register a repository and wait for its clone; returns the repository."""
+        repository: dict[str, Any] = self.http.json(
+            "POST",
+            "/api/repositories",
+            {"owner": owner, "name": name},
+            auth_headers(),
+            expect=202,
+        )
+        job = self.wait_job(owner, name, 1, timeout=60)
+        if job["status"] != "success":
+            raise RuntimeError(f"clone of {owner}/{name} failed: {job}")
+        return repository
+
+    def set_env(
+        self,
+        owner: str,
+        name: str,
+        secrets: Mapping[str, str],
+        variables: Mapping[str, str] | None = None,
+    ) -> None:
+        self.http.json(
+            "PUT",
+            f"/api/repositories/{owner}/{name}/env",
+            {"vars": dict(variables or {}), "secrets": dict(secrets)},
+            auth_headers(),
+        )
+
+    def job(self, owner: str, name: str, number: int) -> dict[str, Any]:
+        job: dict[str, Any] = self.http.json(
+            "GET",
+            f"/api/repositories/{owner}/{name}/jobs/{number}",
+            None,
+            auth_headers(),
+        )
+        return job
+
+    def wait_job(
+        self,
+        owner: str,
+        name: str,
+        number: int,
+        timeout: float = 120.0,
+        interval: float = 0.01,
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(owner, name, number)
+            if job["status"] in FINISHED:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job #{number} of {owner}/{name}: {job['status']}")
+            time.sleep(interval)
+
+    def log_path(self, repository_id: int, number: int) -> Path:
+        return self.data_dir / "logs" / str(repository_id) / f"{number}.log"
+
+
+def clone_url_template(root: Path) -> str:
+    return f"file://{root}/remotes/{{owner}}/{{name}}.git"
+
+
+def webhook_path(repository: Mapping[str, Any]) -> str:
+    return "/api/" + str(repository["webhook"]["url"]).split("/api/", 1)[1]
+
+
+def push_body(sha: str, branch: str, owner: str, name: str) -> bytes:
+    return json.dumps(
+        {
+            "ref": f"refs/heads/{branch}",
+            "before": "0" * 40,
+            "after": sha,
+            "deleted": False,
+            "repository": {"full_name": f"{owner}/{name}"},
+            "sender": {"login": USER},
+        }
+    ).encode()
+
+
+def signed_headers(body: bytes, secret: str, event: str = "push") -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": sign(body, secret),
+    }
+
+
+def iso_to_epoch(value: str) -> float:
+    return datetime.fromisoformat(value).timestamp()
+
+
+def rotate(items: Sequence[str], round_number: int) -> list[str]:
+    """The subjects in a different order each round (fair warm caches)."""
+    shift = round_number % len(items)
+    return [*items[shift:], *items[:shift]]
+
+
+class PeerWebhook:
+    """adnanh/webhook (Debian's ``webhook``) serving the given hooks."""
+
+    def __init__(self, root: Path, hooks: Sequence[Mapping[str, Any]]) -> None:
+        self.root = root
+        self.hooks = hooks
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, hook_id: str) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/{hook_id}"
+
+    def path(self, hook_id: str) -> str:
+        return f"/hooks/{hook_id}"
+
+    def __enter__(self) -> PeerWebhook:
+        binary = ensure_tool("webhook")
+        hooks_file = self.root / "hooks.json"
+        hooks_file.write_text(json.dumps(list(self.hooks), indent=2))
+        log = (self.root / "webhook.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "-hooks",
+                str(hooks_file),
+                "-ip",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                "-nopanic",
+            ],
+            cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+        def listening() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError("webhook exited; see webhook.log")
+            try:
+                with socket_to(self.port):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(listening, 10, "webhook listening", interval=0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+
+@contextlib.contextmanager
+def socket_to(port: int) -> Iterator[None]:
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        yield
+
+
+def hmac_rule(secret: str, branch: str) -> dict[str, Any]:
+    """webhook's trigger rule: a valid X-Hub-Signature-256 and ``ref``."""
+    return {
+        "and": [
+            {
+                "match": {
+                    "type": "payload-hmac-sha256",
+                    "secret": secret,
+                    "parameter": {"source": "header", "name": "X-Hub-Signature-256"},
+                }
+            },
+            {
+                "match": {
+                    "type": "value",
+                    "value": f"refs/heads/{branch}",
+                    "parameter": {"source": "payload", "name": "ref"},
+                }
+            },
+        ]
+    }
