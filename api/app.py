@@ -37,7 +37,7 @@ SCHEMA_PATH = Path(__file__).parent / "openapi.yaml"
 warnings.filterwarnings(
     "ignore", category=web.NotAppKeyWarning, module=r"(rororo|aiohttp_middlewares)\."
 )
-LARGE_BODY_OPERATIONS = frozenset({"receive_webhook"})
+LARGE_BODY_OPERATIONS = frozenset({webhook_views.ROUTE_NAME})
 
 
 def create_app(
@@ -54,7 +54,6 @@ def create_app(
         health.operations,
         repository_views.operations,
         job_views.operations,
-        webhook_views.operations,
         server_url="/api",
         # Validated by our own inner middleware, which knows streamed logs.
         is_validate_response=False,
@@ -72,6 +71,7 @@ def create_app(
         app.middlewares.insert(0, middleware)
     app.middlewares.append(response_validation_middleware)
     app.on_response_prepare.append(add_request_id_header)
+    webhook_views.setup_webhooks(app)
     setup_docs(app, title=f"Hobotnica {__version__}")
 
     app.cleanup_ctx.append(storage_context)

@@ -72,14 +72,24 @@ class Database:
             else:
                 await asyncio.shield(connection.commit())
 
+    async def execute_write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One statement on its own (autocommit); returns the changed rows.
+
+        For single-statement writes: one round trip instead of a
+        transaction's four, still never inside another coroutine's open one.
+        """
+        async with self._write_lock:
+            cursor = await self.connection.execute(sql, params)
+            changed: int = cursor.rowcount
+            return changed
+
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        async with self.connection.execute(sql, params) as cursor:
-            row: Row | None = await cursor.fetchone()
-            return row
+        rows = await self.fetch_all(sql, params)
+        return rows[0] if rows else None
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self.connection.execute(sql, params) as cursor:
-            return list(await cursor.fetchall())
+        # One hop to the database thread (execute, fetch and close there).
+        return list(await self.connection.execute_fetchall(sql, params))
 
     async def fetch_value(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = await self.fetch_one(sql, params)

@@ -50,6 +50,23 @@ class DeliveryStore:
             (repository_id, delivery_id, event, result, job_id, time.time()),
         )
 
+    async def record_once(
+        self,
+        *,
+        repository_id: int,
+        delivery_id: str,
+        event: str,
+        result: str,
+    ) -> bool:
+        """Record a delivery that queued nothing; False if it was known."""
+        changed = await self.db.execute_write(
+            "INSERT OR IGNORE INTO deliveries"
+            " (repository_id, delivery_id, event, result, job_id, received_at)"
+            " VALUES (?, ?, ?, ?, NULL, ?)",
+            (repository_id, delivery_id, event, result, time.time()),
+        )
+        return changed == 1
+
     async def count(self, repository_id: int) -> int:
         value = await self.db.fetch_value(
             "SELECT count(*) FROM deliveries WHERE repository_id = ?",

@@ -101,17 +101,12 @@ async def _record(
     result: str,
 ) -> None:
     """Record a delivery that queues nothing (once: redeliveries are no-ops)."""
-    delivery = delivery_id or _local_delivery_id()
-    async with storage.db.transaction() as conn:
-        if await storage.deliveries.find(conn, repository.id, delivery) is None:
-            await storage.deliveries.record(
-                conn,
-                repository_id=repository.id,
-                delivery_id=delivery,
-                event=event,
-                result=result,
-                job_id=None,
-            )
+    await storage.deliveries.record_once(
+        repository_id=repository.id,
+        delivery_id=delivery_id or _local_delivery_id(),
+        event=event,
+        result=result,
+    )
 
 
 def _local_delivery_id() -> str:
