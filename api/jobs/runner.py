@@ -84,6 +84,7 @@ class JobRunner:
         self.draining = False
         self._lock = InstanceLock(settings.instances_dir, self.instance_id)
         self._wake = asyncio.Event()
+        self._new_job = False  # announced here: no need to ask the database
         self._loop_task: asyncio.Task[None] | None = None
         self._last_orphan_check = 0.0
         self._background: set[asyncio.Task[None]] = set()
@@ -149,11 +150,16 @@ class JobRunner:
         job: JobRecord,
         superseded: list[JobRecord] | None = None,
     ) -> None:
-        """Tell subscribers about a committed new job and wake the loop."""
+        """Wake the loop for a committed new job, then tell subscribers.
+
+        The loop goes first: it claims the job before the subscribers' own
+        writes (commit statuses) take the database's write lock.
+        """
+        self._new_job = True
+        self._wake.set()
         for old in superseded or ():
             self.events.emit(JobEvent(EventType.FINISHED, old, repository))
         self.events.emit(JobEvent(EventType.QUEUED, job, repository))
-        self._wake.set()
 
     async def cancel(
         self, repository: RepositoryRecord, job: JobRecord
@@ -199,7 +205,9 @@ class JobRunner:
             except Exception:
                 logger.exception("Job runner tick failed; retrying")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+                # Not wait_for: its extra task would cost a loop iteration.
+                async with async_timeout.timeout(POLL_INTERVAL):
+                    await self._wake.wait()
 
     async def _tick(self) -> None:
         now = time.monotonic()
@@ -209,7 +217,8 @@ class JobRunner:
         if self.running:
             await self._pick_up_remote_cancels()
         while len(self.running) < self.settings.max_jobs and not self.draining:
-            if not await self.storage.jobs.has_claimable():
+            new_job, self._new_job = self._new_job, False
+            if not new_job and not await self.storage.jobs.has_claimable():
                 return
             async with self.storage.db.transaction() as conn:
                 job = await self.storage.jobs.claim(conn, self.instance_id)

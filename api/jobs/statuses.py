@@ -122,18 +122,14 @@ class StatusReporter:
         if event.type not in (EventType.QUEUED, EventType.RESOLVED, EventType.FINISHED):
             return
         try:
-            async with self.storage.db.transaction() as conn:
-                await self.storage.outbox.add(
-                    conn,
-                    job_id=job.id,
-                    state=state_of(job),
-                    context=f"hobotnica/{job.kind}",
-                    description=describe(job),
-                    target_url=job_url(
-                        self.settings.base_url, event.repository, job.number
-                    )
-                    + "/log",
-                )
+            await self.storage.outbox.add_now(
+                job_id=job.id,
+                state=state_of(job),
+                context=f"hobotnica/{job.kind}",
+                description=describe(job),
+                target_url=job_url(self.settings.base_url, event.repository, job.number)
+                + "/log",
+            )
         except sqlite3.IntegrityError:
             # The repository was deleted meanwhile (with its jobs): the event
             # arrived late and there is nothing left to report on.

@@ -25,13 +25,12 @@ class DeliveryStore:
     async def find(
         self, conn: aiosqlite.Connection, repository_id: int, delivery_id: str
     ) -> DeliveryRecord | None:
-        async with conn.execute(
+        rows = await conn.execute_fetchall(
             "SELECT delivery_id, event, result, job_id FROM deliveries"
             " WHERE repository_id = ? AND delivery_id = ?",
             (repository_id, delivery_id),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else DeliveryRecord(*row)
+        )
+        return next((DeliveryRecord(*row) for row in rows), None)
 
     async def record(
         self,

@@ -18,9 +18,9 @@ ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 async def _one(
     conn: aiosqlite.Connection, sql: str, params: Iterable[Any]
 ) -> JobRecord | None:
-    async with conn.execute(sql, tuple(params)) as cursor:
-        row = await cursor.fetchone()
-    return None if row is None else JobRecord.from_row(row)
+    # One trip to aiosqlite's thread (execute, fetch, close), not three.
+    rows = await conn.execute_fetchall(sql, tuple(params))
+    return next((JobRecord.from_row(row) for row in rows), None)
 
 
 class JobStore:
@@ -42,12 +42,12 @@ class JobStore:
 
         Returns the new job and the jobs it superseded.
         """
-        async with conn.execute(
+        rows = await conn.execute_fetchall(
             "UPDATE repositories SET last_job_number = last_job_number + 1"
             " WHERE id = ? RETURNING last_job_number",
             (repository_id,),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
+        row = next(iter(rows), None)
         if row is None:
             raise LookupError(f"repository {repository_id} is gone")
         now = time.time()
@@ -69,7 +69,7 @@ class JobStore:
         assert job is not None
         superseded: list[JobRecord] = []
         if supersede:
-            async with conn.execute(
+            rows = await conn.execute_fetchall(
                 "UPDATE jobs SET status = ?, finished_at = ?, reason = ?"
                 " WHERE repository_id = ? AND kind = ? AND status = ?"
                 " AND ref IS ? AND id < ? RETURNING *",
@@ -83,8 +83,8 @@ class JobStore:
                     ref,
                     job.id,
                 ),
-            ) as cursor:
-                superseded = [JobRecord.from_row(r) for r in await cursor.fetchall()]
+            )
+            superseded = [JobRecord.from_row(row) for row in rows]
         return job, superseded
 
     async def claim(self, conn: aiosqlite.Connection, runner: str) -> JobRecord | None:

@@ -14,9 +14,8 @@ class StatusOutbox:
     def __init__(self, database: Database) -> None:
         self.db = database
 
-    async def add(
+    async def add_now(
         self,
-        conn: aiosqlite.Connection,
         *,
         job_id: int,
         state: str,
@@ -24,8 +23,9 @@ class StatusOutbox:
         description: str,
         target_url: str,
     ) -> None:
+        """Queue a status; a statement of its own (one trip, no transaction)."""
         now = time.time()
-        await conn.execute(
+        await self.db.execute_write(
             "INSERT INTO status_outbox (job_id, state, context, description,"
             " target_url, next_attempt_at, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
