@@ -33,6 +33,7 @@ from typing import Any
 
 import tests.servers
 from tests.servers import ServerProcess, free_port
+from tests.support import FINISHED as FINISHED_STATUSES
 from tests.support import TOKEN, USER, GitRemote, auth_headers, sign
 
 __all__ = [
@@ -59,17 +60,7 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
-FINISHED = frozenset(
-    {
-        "success",
-        "failed",
-        "error",
-        "cancelled",
-        "superseded",
-        "timed_out",
-        "interrupted",
-    }
-)
+FINISHED = frozenset(FINISHED_STATUSES)
 
 
 # -- statistics --------------------------------------------------------------
