@@ -502,6 +502,19 @@ def signed_headers(body: bytes, secret: str, event: str = "push") -> dict[str, s
     }
 
 
+def push_to_repository(
+    http: Http, repository: Mapping[str, Any], sha: str, owner: str, name: str
+) -> bytes:
+    """A signed push of ``sha`` to ``main`` through the repository's webhook."""
+    body = push_body(sha, "main", owner, name)
+    secret = str(repository["webhook"]["secret"])
+    status, answer = http.request(
+        "POST", webhook_path(repository), body, signed_headers(body, secret)
+    )
+    assert status == 202, answer
+    return answer
+
+
 def iso_to_epoch(value: str) -> float:
     return datetime.fromisoformat(value).timestamp()
 

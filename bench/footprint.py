@@ -29,14 +29,12 @@ from bench.common import (
     free_port,
     machine,
     memory_kb,
-    push_body,
+    push_to_repository,
     read_stamp,
-    signed_headers,
     socket_to,
     stop_process,
     use_source,
     wait_for,
-    webhook_path,
     work_dir,
 )
 
@@ -116,15 +114,7 @@ def one_round(root: Path) -> tuple[float, float, float]:
                 stamps.append(path.with_name(path.name + ".start"))
         for name in names:
             sha = remotes[name].commit({"counter": "1"}, "push")
-            body = push_body(sha, "main", OWNER, name)
-            secret = str(repositories[name]["webhook"]["secret"])
-            status, answer = http.request(
-                "POST",
-                webhook_path(repositories[name]),
-                body,
-                signed_headers(body, secret),
-            )
-            assert status == 202, answer
+            push_to_repository(http, repositories[name], sha, OWNER, name)
         wait_for(
             lambda: all(read_stamp(stamp) is not None for stamp in stamps),
             60,

@@ -23,12 +23,10 @@ from bench.common import (
     auth_headers,
     base_parser,
     machine,
-    push_body,
+    push_to_repository,
     read_stamp,
-    signed_headers,
     use_source,
     wait_for,
-    webhook_path,
     work_dir,
 )
 
@@ -97,15 +95,9 @@ def run(size: int, rounds: int, idle_probes: int, keep: bool) -> Prober:
                 numbers = {}
                 for name in names:
                     sha = remotes[name].commit({"n": str(round_number)}, "push")
-                    body = push_body(sha, "main", OWNER, name)
-                    secret = str(repositories[name]["webhook"]["secret"])
-                    status, answer = http.request(
-                        "POST",
-                        webhook_path(repositories[name]),
-                        body,
-                        signed_headers(body, secret),
+                    answer = push_to_repository(
+                        http, repositories[name], sha, OWNER, name
                     )
-                    assert status == 202, answer
                     numbers[name] = int(json.loads(answer)["number"])
                 wait_for(
                     lambda: all(read_stamp(s) is not None for s in stamps),

@@ -273,16 +273,17 @@ class LogWriter:
         self._ends_with_newline = data.endswith(b"\n")
 
 
-def read_log(path: Path, offset: int, limit: int = 1 << 20) -> bytes:
-    """Exactly the stored bytes from ``offset`` on (at most ``limit``)."""
-    if offset < 0 or limit < 0:
+def read_log(path: Path, offset: int, limit: int | None = 1 << 20) -> bytes:
+    """Exactly the stored bytes from ``offset`` on (at most ``limit``; None:
+    to the end)."""
+    if offset < 0 or (limit is not None and limit < 0):
         raise ValueError("offset and limit must not be negative")
     try:
         with path.open("rb") as file:
             if offset >= os.fstat(file.fileno()).st_size:
                 return b""  # nothing there (and seek fails past the FS's limit)
             file.seek(offset)
-            return file.read(limit)
+            return file.read(-1 if limit is None else limit)
     except FileNotFoundError:
         return b""
 

@@ -84,10 +84,3 @@ def job_log_path(
     runner: JobRunner, repository: RepositoryRecord, job: JobRecord
 ) -> Path:
     return log_path(runner.settings, repository.id, job.number)
-
-
-def log_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0

@@ -166,7 +166,7 @@ class StatusReporter:
         async with self._posting:
             now = self.clock()
             waiting = await self.storage.outbox.due(math.inf, limit=SCAN_LIMIT)
-            due = {item.id for item in await self.storage.outbox.due(now, SCAN_LIMIT)}
+            due = {item.id for item in waiting if item.next_attempt_at <= now}
             blocked: set[_Key] = set()
             delivered = 0
             for item in waiting:

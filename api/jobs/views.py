@@ -100,7 +100,7 @@ async def retrieve_job_log(request: web.Request) -> web.StreamResponse:
     headers = {"X-Job-Status": str(job.status), "Cache-Control": "no-store"}
     if not follow or job.status.is_finished:
         return web.Response(
-            body=read_log(path, offset, limit=max(0, service.log_size(path) - offset)),
+            body=read_log(path, offset, limit=None),
             content_type="text/plain",
             charset="utf-8",
             headers=headers,

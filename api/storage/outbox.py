@@ -34,8 +34,8 @@ class StatusOutbox:
 
     async def due(self, now: float, limit: int = 20) -> list[OutboxItem]:
         rows = await self.db.fetch_all(
-            "SELECT id, job_id, state, context, description, target_url, attempts"
-            " FROM status_outbox WHERE next_attempt_at <= ?"
+            "SELECT id, job_id, state, context, description, target_url, attempts,"
+            " next_attempt_at FROM status_outbox WHERE next_attempt_at <= ?"
             " ORDER BY id LIMIT ?",
             (now, limit),
         )

@@ -143,3 +143,4 @@ class OutboxItem:
     description: str
     target_url: str
     attempts: int
+    next_attempt_at: float
