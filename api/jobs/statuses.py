@@ -188,7 +188,14 @@ class StatusReporter:
                 if not await self._lease(item, now):
                     blocked.add(key)  # another instance is posting it
                     continue
-                if await self._post(item, job, repository):
+                try:
+                    posted = await self._post(item, job, repository)
+                except asyncio.CancelledError:
+                    # Stopping: hand the item back at once instead of leaving
+                    # it leased, so the next instance posts it without delay.
+                    await asyncio.shield(self.storage.outbox.release(item.id))
+                    raise
+                if posted:
                     delivered += 1
                 elif not await self._retry_or_drop(item, job, repository):
                     blocked.add(key)

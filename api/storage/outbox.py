@@ -63,6 +63,13 @@ class StatusOutbox:
         await cursor.close()
         return taken
 
+    async def release(self, item_id: int) -> None:
+        """End a lease early: the item is due again now."""
+        await self.db.execute_write(
+            "UPDATE status_outbox SET next_attempt_at = ? WHERE id = ?",
+            (time.time(), item_id),
+        )
+
     async def remove(self, conn: aiosqlite.Connection, item_id: int) -> None:
         await conn.execute("DELETE FROM status_outbox WHERE id = ?", (item_id,))
 
