@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from rororo import setup_openapi
+from rororo import get_openapi_schema, setup_openapi
 
 from api import __version__, health
 from api.crypto import SecretBox, load_or_create_key
@@ -17,7 +17,15 @@ from api.jobs import views as job_views
 from api.jobs.events import JobEvents
 from api.jobs.runner import JobRunner
 from api.jobs.statuses import StatusReporter
-from api.keys import EVENTS, GITHUB, RUNNER, SECRET_BOX, SETTINGS, STORAGE
+from api.keys import (
+    EVENTS,
+    GITHUB,
+    RESPONSE_SCHEMAS,
+    RUNNER,
+    SECRET_BOX,
+    SETTINGS,
+    STORAGE,
+)
 from api.middlewares import (
     add_request_id_header,
     outer_middlewares,
@@ -26,6 +34,7 @@ from api.middlewares import (
 )
 from api.repositories import views as repository_views
 from api.repositories.access import AccessChecker
+from api.responses import ResponseSchemas
 from api.settings import Settings
 from api.storage import Storage
 from api.ui import setup_docs
@@ -69,6 +78,7 @@ def create_app(
         )
     ):
         app.middlewares.insert(0, middleware)
+    app[RESPONSE_SCHEMAS] = ResponseSchemas.from_spec(get_openapi_schema(app))
     app.middlewares.append(response_validation_middleware)
     app.on_response_prepare.append(add_request_id_header)
     webhook_views.setup_webhooks(app)

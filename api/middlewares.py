@@ -20,11 +20,12 @@ from rororo.openapi.constants import (
     REQUEST_OPENAPI_CONTEXT_KEY,
 )
 from rororo.openapi.exceptions import OpenAPIError
-from rororo.openapi.validators import validate_response
 
 from api import github
 from api.errors import ApiError, BadGateway, ValidationFailed
+from api.keys import RESPONSE_SCHEMAS
 from api.log import REQUEST_ID_KEY, request_id_var
+from api.responses import ResponseMismatch
 
 logger = logging.getLogger(__name__)
 
@@ -142,15 +143,22 @@ async def response_validation_middleware(
     """
     reject_null_body(request)
     response = await handler(request)
+    operation = request.get(REQUEST_CORE_OPERATION_KEY)
     if (
-        REQUEST_CORE_OPERATION_KEY not in request
+        operation is None
         or not isinstance(response, web.Response)
+        or not isinstance(response.body, bytes)
         or (not response.body and response.content_type == "text/plain")
     ):
         return response
     try:
-        validate_response(request, response)
-    except OpenAPIError as err:
+        request.config_dict[RESPONSE_SCHEMAS].check(
+            operation.operation_id,
+            response.status,
+            response.content_type,
+            response.body,
+        )
+    except (ResponseMismatch, UnicodeDecodeError) as err:
         logger.error("Response of %s does not match the schema: %s", request.path, err)
         return web.json_response({"detail": "Internal Server Error"}, status=500)
     return response
