@@ -121,7 +121,9 @@ async def jobs_context(app: web.Application) -> AsyncIterator[None]:
     storage = app[STORAGE]
     events = JobEvents()
     runner = JobRunner(settings, storage, app[SECRET_BOX], events)
-    reporter = StatusReporter(settings, storage, app[SECRET_BOX], app[GITHUB])
+    reporter = StatusReporter(
+        settings, storage, app[SECRET_BOX], app[GITHUB], give_way=runner.starts_done
+    )
     checker = AccessChecker(settings, storage, app[SECRET_BOX], app[GITHUB], runner)
     events.subscribe(reporter.on_event, name="commit-statuses")
     events.subscribe(checker.on_event, name="access-checks")

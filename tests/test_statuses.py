@@ -108,8 +108,7 @@ class Harness:
         return job
 
     async def start(self, job: JobRecord) -> JobRecord:
-        async with self.storage.db.transaction() as conn:
-            claimed = await self.storage.jobs.claim(conn, "test-runner")
+        claimed = await self.storage.jobs.claim("test-runner")
         assert claimed is not None
         assert claimed.id == job.id
         return claimed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -49,6 +50,47 @@ async def test_a_second_start_keeps_the_data(tmp_path: Path) -> None:
     assert [row[0] for row in versions] == [1]
     assert await second.db.fetch_value("PRAGMA journal_mode") == "wal"
     await second.close()
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2, 3, 4, 6, 8])
+async def test_a_cancelled_transaction_never_leaves_the_connection_in_one(
+    tmp_path: Path, yields: int
+) -> None:
+    """Cancelled at any point (BEGIN, the statement, COMMIT): afterwards the
+    shared connection is outside any transaction and later writes stick."""
+    path = tmp_path / "db.sqlite3"
+    storage = Storage(path)
+    await storage.open()
+    repository_id = await add_repository(storage, "hello")
+
+    async def rename() -> None:
+        async with storage.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE repositories SET branch = 'renamed' WHERE id = ?",
+                (repository_id,),
+            )
+
+    task = asyncio.create_task(rename())
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert not storage.db.connection.in_transaction
+    await storage.db.execute_write(
+        "UPDATE repositories SET private = 1 WHERE id = ?", (repository_id,)
+    )
+    await storage.close()
+
+    reopened = Storage(path)
+    await reopened.open()
+    row = await reopened.db.fetch_one(
+        "SELECT branch, private FROM repositories WHERE id = ?", (repository_id,)
+    )
+    await reopened.close()
+    assert row is not None
+    assert row["private"] == 1
+    assert row["branch"] in {"main", "renamed"}
 
 
 def test_processes_starting_at_once_all_come_up(tmp_path: Path) -> None:
@@ -100,8 +142,7 @@ async def test_claims_from_two_connections_never_overlap(tmp_path: Path) -> None
 
     async def worker(storage: Storage, name: str) -> None:
         while True:
-            async with storage.db.transaction() as conn:
-                job = await storage.jobs.claim(conn, name)
+            job = await storage.jobs.claim(name)
             if job is None:
                 running = await storage.jobs.running()
                 if not running and not await storage.jobs.has_claimable():

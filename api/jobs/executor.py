@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import shutil
@@ -71,10 +72,12 @@ class JobExecutor:
         on_process: Callable[[int], None],
         on_sha: Callable[[str], None],
         on_output: Callable[[], None],
+        on_make: Callable[[], None] = lambda: None,
     ) -> None:
         self.plan = plan
         self.host_env = host_env
         self.on_process = on_process
+        self.on_make = on_make
         self.on_sha = on_sha
         self.on_output = on_output
         self.started = time.monotonic()
@@ -150,7 +153,7 @@ class JobExecutor:
             layers=self.plan.env_layers,
         )
         env[MARKER_NAME] = self.plan.marker
-        result = await self._process(["make", target], env)
+        result = await self._process(["make", target], env, on_start=self._make_started)
         if result.outcome is not Outcome.EXITED:
             return self._stopped(result, sha)
         status = JobStatus.SUCCESS if result.returncode == 0 else JobStatus.FAILED
@@ -180,7 +183,7 @@ class JobExecutor:
         os.replace(temporary, target)
 
     async def _head(self) -> str:
-        sha = await git.rev_parse(self.plan.clone_dir, "HEAD", self._git_env())
+        sha = await git.rev_parse(self.plan.clone_dir, "HEAD", self._git_env)
         if sha is None:
             raise _StepFailed(
                 JobResult(JobStatus.ERROR, reason="the clone has no commit")
@@ -188,7 +191,9 @@ class JobExecutor:
         self.on_sha(sha)
         return sha
 
+    @functools.cached_property
     def _git_env(self) -> dict[str, str]:
+        """One per job: cleaning PATH stats every entry of it."""
         return {
             **git.git_base_env(environment.host_env(self.host_env)),
             **git.auth_env(self.plan.token),
@@ -198,7 +203,7 @@ class JobExecutor:
     async def _git(self, argv: Sequence[str], cwd: Path | None = None) -> None:
         self._tail.clear()
         self._tail_size = 0
-        result = await self._process(argv, self._git_env(), cwd=cwd)
+        result = await self._process(argv, self._git_env, cwd=cwd)
         if result.outcome is not Outcome.EXITED:
             raise _StepFailed(self._stopped(result, None))
         if result.returncode != 0:
@@ -215,7 +220,11 @@ class JobExecutor:
             )
 
     async def _process(
-        self, argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path | None = None,
+        on_start: Callable[[int], None] | None = None,
     ) -> ProcessResult:
         remaining = self.plan.timeout - (time.monotonic() - self.started)
         if remaining <= 0:
@@ -230,13 +239,17 @@ class JobExecutor:
                 timeout=remaining,
                 cancel=self.plan.cancel,
                 kill_grace=self.plan.kill_grace,
-                on_start=self.on_process,
+                on_start=on_start or self.on_process,
             )
         except FileNotFoundError as err:
             missing = argv[0] if err.filename in (None, argv[0]) else err.filename
             raise _StepFailed(
                 JobResult(JobStatus.ERROR, reason=f"cannot run {missing}: not found")
             ) from None
+
+    def _make_started(self, pgid: int) -> None:
+        self.on_process(pgid)
+        self.on_make()
 
     def _sink(self, chunk: bytes) -> None:
         self.log.write(chunk)

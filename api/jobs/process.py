@@ -333,6 +333,7 @@ class _Pump:
         self._loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self._loop.create_future()
         self._paused: asyncio.TimerHandle | None = None
+        self._draining = False
         os.set_blocking(read_fd, False)
         self._loop.add_reader(read_fd, self._on_readable)
 
@@ -353,7 +354,7 @@ class _Pump:
         except Exception as err:
             self._finish(err)
             return
-        if len(chunk) < CHUNK_SIZE and COALESCE > 0:
+        if len(chunk) < CHUNK_SIZE and COALESCE > 0 and not self._draining:
             self._loop.remove_reader(self._fd)
             self._paused = self._loop.call_later(COALESCE, self._resume)
 
@@ -382,7 +383,8 @@ class _Pump:
 
     async def drain(self, limit: float) -> None:
         """Wait up to ``limit`` for EOF, then surface any sink error."""
-        if self._paused is not None:  # the command has ended: read on at once
+        self._draining = True  # the command has ended: read on without pauses
+        if self._paused is not None:
             self._paused.cancel()
             self._resume()
         await asyncio.wait({self.done}, timeout=limit)

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
 ORPHAN_CHECK_INTERVAL = 10.0
+# The longest that work giving way to job starts waits (a start that clones
+# again can take long; commit statuses must not wait for it).
+STARTS_WAIT = 2.0
 
 
 @dataclass
@@ -44,6 +47,8 @@ class RunningJob:
     plan: JobPlan
     task: asyncio.Task[None] | None = None
     output: asyncio.Event = field(default_factory=asyncio.Event)
+    # Between its claim and its ``make``: the part a push waits for.
+    starting: bool = True
 
 
 def clone_dir(settings: Settings, repository_id: int) -> Path:
@@ -85,6 +90,9 @@ class JobRunner:
         self._lock = InstanceLock(settings.instances_dir, self.instance_id)
         self._wake = asyncio.Event()
         self._new_job = False  # announced here: no need to ask the database
+        self._reserved = 0  # places held for claims in callers' transactions
+        self._starts_done = asyncio.Event()
+        self._starts_done.set()
         self._loop_task: asyncio.Task[None] | None = None
         self._last_orphan_check = 0.0
         self._background: set[asyncio.Task[None]] = set()
@@ -112,6 +120,7 @@ class JobRunner:
         """Stop claiming; wait up to ``grace`` s, then interrupt the rest."""
         self.draining = True
         self._wake.set()
+        self._update_starts()
         tasks = [r.task for r in self.running.values() if r.task is not None]
         if tasks:
             logger.info(
@@ -142,6 +151,20 @@ class JobRunner:
     def wake(self) -> None:
         self._wake.set()
 
+    async def starts_done(self, limit: float = STARTS_WAIT) -> None:
+        """Wait (at most ``limit`` s) until no announced job is on its way
+        to ``make``: work that can wait (commit statuses) gives way to it."""
+        with contextlib.suppress(TimeoutError):
+            async with async_timeout.timeout(limit):
+                await self._starts_done.wait()
+
+    def _update_starts(self) -> None:
+        announced = self._new_job and not self.draining
+        if announced or any(r.starting for r in self.running.values()):
+            self._starts_done.clear()
+        else:
+            self._starts_done.set()
+
     # -- queueing and cancelling ------------------------------------------
 
     def announce(
@@ -149,17 +172,48 @@ class JobRunner:
         repository: RepositoryRecord,
         job: JobRecord,
         superseded: list[JobRecord] | None = None,
+        *,
+        claimed: bool = False,
     ) -> None:
         """Wake the loop for a committed new job, then tell subscribers.
 
         The loop goes first: it claims the job before the subscribers' own
-        writes (commit statuses) take the database's write lock.
+        writes (commit statuses) take the database's write lock. A job the
+        caller ``claimed`` (see :meth:`reserve`) needs no loop.
         """
-        self._new_job = True
-        self._wake.set()
+        self._starts_done.clear()
+        if not claimed:
+            self._new_job = True
+            self._wake.set()
         for old in superseded or ():
             self.events.emit(JobEvent(EventType.FINISHED, old, repository))
         self.events.emit(JobEvent(EventType.QUEUED, job, repository))
+
+    # -- jobs claimed in a caller's transaction ----------------------------
+
+    def reserve(self) -> bool:
+        """Hold a place for a job that the caller claims for this instance
+        in its own transaction, so that a push starts without a round of
+        the loop. Give it back with :meth:`release` once the claimed job
+        went through :meth:`start_claimed` (or nothing was claimed)."""
+        if self.draining or self._loop_task is None:
+            return False
+        if len(self.running) + self._reserved >= self.settings.max_jobs:
+            return False
+        self._reserved += 1
+        return True
+
+    def release(self) -> None:
+        self._reserved -= 1
+        self._update_starts()
+
+    async def start_claimed(
+        self, job: JobRecord, repository: RepositoryRecord | None = None
+    ) -> None:
+        """Run a job claimed for this instance by a committed transaction."""
+        if repository is not None and repository.id != job.repository_id:
+            repository = None
+        await self._start(job, repository)
 
     async def cancel(
         self, repository: RepositoryRecord, job: JobRecord
@@ -204,6 +258,7 @@ class JobRunner:
                 raise
             except Exception:
                 logger.exception("Job runner tick failed; retrying")
+            self._update_starts()
             with contextlib.suppress(TimeoutError):
                 # Not wait_for: its extra task would cost a loop iteration.
                 async with async_timeout.timeout(POLL_INTERVAL):
@@ -216,12 +271,14 @@ class JobRunner:
             await self.recover_orphans()
         if self.running:
             await self._pick_up_remote_cancels()
-        while len(self.running) < self.settings.max_jobs and not self.draining:
+        while (
+            len(self.running) + self._reserved < self.settings.max_jobs
+            and not self.draining
+        ):
             new_job, self._new_job = self._new_job, False
             if not new_job and not await self.storage.jobs.has_claimable():
                 return
-            async with self.storage.db.transaction() as conn:
-                job = await self.storage.jobs.claim(conn, self.instance_id)
+            job = await self.storage.jobs.claim(self.instance_id)
             if job is None:
                 return
             await self._start(job)
@@ -233,8 +290,11 @@ class JobRunner:
                 running.plan.stop_status = JobStatus.CANCELLED
                 running.plan.cancel.set()
 
-    async def _start(self, job: JobRecord) -> None:
-        repository = await self.storage.repositories.get_by_id(job.repository_id)
+    async def _start(
+        self, job: JobRecord, repository: RepositoryRecord | None = None
+    ) -> None:
+        if repository is None:
+            repository = await self.storage.repositories.get_by_id(job.repository_id)
         if repository is None:
             return
         try:
@@ -255,11 +315,11 @@ class JobRunner:
         self.events.emit(JobEvent(EventType.STARTED, job, repository))
 
     async def _plan(self, job: JobRecord, repository: RepositoryRecord) -> JobPlan:
-        owner_env = await self.storage.env.owner_entries(repository.owner)
-        repository_env = await self.storage.env.repository_entries(repository.id)
         layers: list[dict[str, str]] = []
         secrets: list[str] = []
-        for entries in (owner_env, repository_env):
+        for entries in await self.storage.env.job_layers(
+            repository.owner, repository.id
+        ):
             layer = {}
             for entry in entries:
                 value = (
@@ -291,12 +351,13 @@ class JobRunner:
         job = plan.job
 
         def on_process(pgid: int) -> None:
-            self._spawn(self._store(self.storage.jobs.set_pgid, job.id, pgid))
+            record = self.storage.jobs.record_pgid(job.id, pgid)
+            self._spawn(self._store(job.id, record))
 
         def on_sha(sha: str) -> None:
             if sha == job.sha:
                 return
-            self._spawn(self._store(self.storage.jobs.set_sha, job.id, sha))
+            self._spawn(self._store(job.id, self.storage.jobs.record_sha(job.id, sha)))
             if job.sha is None and job.kind is not JobKind.CLONE:
                 resolved = replace(job, sha=sha, status=JobStatus.RUNNING)
                 self.events.emit(
@@ -306,6 +367,10 @@ class JobRunner:
         def on_output() -> None:
             running.output.set()
 
+        def on_make() -> None:
+            running.starting = False
+            self._update_starts()
+
         try:
             executor = JobExecutor(
                 plan,
@@ -313,6 +378,7 @@ class JobRunner:
                 on_process=on_process,
                 on_sha=on_sha,
                 on_output=on_output,
+                on_make=on_make,
             )
             result = await executor.run()
         except Exception:
@@ -323,6 +389,7 @@ class JobRunner:
         finally:
             del self.running[job.id]
             running.output.set()
+            self._update_starts()
         await asyncio.shield(self._finish(job, plan.repository, result))
         self._wake.set()
 
@@ -331,10 +398,9 @@ class JobRunner:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _store(self, method, job_id: int, value: object) -> None:  # type: ignore[no-untyped-def]
+    async def _store(self, job_id: int, write: Coroutine[Any, Any, None]) -> None:
         try:
-            async with self.storage.db.transaction() as conn:
-                await method(conn, job_id, value)
+            await write
         except Exception:
             logger.exception("Cannot record job %s detail", job_id)
 
@@ -342,14 +408,13 @@ class JobRunner:
         self, job: JobRecord, repository: RepositoryRecord, result: JobResult
     ) -> None:
         async with self.storage.db.transaction() as conn:
-            if result.sha:
-                await self.storage.jobs.set_sha(conn, job.id, result.sha)
             finished = await self.storage.jobs.finish(
                 conn,
                 job.id,
                 result.status,
                 exit_code=result.exit_code,
                 reason=result.reason,
+                sha=result.sha,
             )
             retry = None
             if finished is not None and job.kind is JobKind.CLONE:

@@ -14,7 +14,7 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from api.background import stop_task
 from api.crypto import SecretBox
@@ -94,6 +94,7 @@ class StatusReporter:
         max_attempts: int = MAX_ATTEMPTS,
         first_retry: float = FIRST_RETRY,
         clock: Callable[[], float] = time.time,
+        give_way: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.storage = storage
@@ -102,6 +103,8 @@ class StatusReporter:
         self.max_attempts = max_attempts
         self.first_retry = first_retry
         self.clock = clock
+        # Awaited before touching the database or GitHub: job starts first.
+        self.give_way = give_way
         self._wake = asyncio.Event()
         self._posting = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -145,6 +148,8 @@ class StatusReporter:
     async def _post_loop(self) -> None:
         while True:
             try:
+                if self.give_way is not None:
+                    await self.give_way()
                 await self.post_due()
                 next_at = await self.storage.outbox.next_due_at()
             except asyncio.CancelledError:
@@ -185,15 +190,16 @@ class StatusReporter:
                 if item.id not in due:
                     blocked.add(key)
                     continue
-                if not await self._lease(item, now):
-                    blocked.add(key)  # another instance is posting it
-                    continue
+                until = now + LEASE_SECONDS
                 try:
+                    if not await self._lease(item, now, until):
+                        blocked.add(key)  # another instance is posting it
+                        continue
                     posted = await self._post(item, job, repository)
                 except asyncio.CancelledError:
-                    # Stopping: hand the item back at once instead of leaving
-                    # it leased, so the next instance posts it without delay.
-                    await asyncio.shield(self.storage.outbox.release(item.id))
+                    # Stopping (even while the lease commits): hand our lease
+                    # back at once, so the next instance posts without delay.
+                    await asyncio.shield(self.storage.outbox.release(item.id, until))
                     raise
                 if posted:
                     delivered += 1
@@ -201,11 +207,9 @@ class StatusReporter:
                     blocked.add(key)
             return delivered
 
-    async def _lease(self, item: OutboxItem, now: float) -> bool:
+    async def _lease(self, item: OutboxItem, now: float, until: float) -> bool:
         async with self.storage.db.transaction() as conn:
-            return await self.storage.outbox.lease(
-                conn, item.id, now, now + LEASE_SECONDS
-            )
+            return await self.storage.outbox.lease(conn, item.id, now, until)
 
     async def _post(
         self, item: OutboxItem, job: JobRecord, repository: RepositoryRecord

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -61,16 +61,23 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any error.
+
+        Cancellation cannot leave the shared connection inside a transaction:
+        ``BEGIN`` runs on aiosqlite's thread even when the awaiting coroutine
+        is cancelled, so the rollback is issued whenever ``BEGIN`` was, and
+        ``COMMIT``/``ROLLBACK`` finish before the write lock is given up.
+        """
         async with self._write_lock:
             connection = self.connection
-            await connection.execute("BEGIN IMMEDIATE")
             try:
+                await connection.execute("BEGIN IMMEDIATE")
                 yield connection
             except BaseException:
-                await asyncio.shield(connection.rollback())
+                # A no-op when BEGIN never ran; queued after it when it did.
+                await _finish_uncancelled(connection.rollback())
                 raise
-            else:
-                await asyncio.shield(connection.commit())
+            await _finish_uncancelled(connection.commit())
 
     async def execute_write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement on its own (autocommit); returns the changed rows.
@@ -82,6 +89,16 @@ class Database:
             cursor = await self.connection.execute(sql, params)
             changed: int = cursor.rowcount
             return changed
+
+    async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """One ``... RETURNING`` statement on its own (autocommit), one trip.
+
+        A single write statement is a transaction of its own: SQLite takes
+        the write lock before the statement reads, so it reads the latest
+        commit of every connection, and nothing interleaves with it.
+        """
+        async with self._write_lock:
+            return list(await self.connection.execute_fetchall(sql, params))
 
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = await self.fetch_all(sql, params)
@@ -97,6 +114,21 @@ class Database:
 
     async def ping(self) -> None:
         await self.fetch_value("SELECT 1")
+
+
+async def _finish_uncancelled(operation: Awaitable[None]) -> None:
+    """Await ``operation`` to its end even when cancelled meanwhile, then
+    pass the cancellation on (statements take milliseconds)."""
+    task = asyncio.ensure_future(operation)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def _set_wal(connection: aiosqlite.Connection) -> None:

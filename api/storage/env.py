@@ -30,6 +30,23 @@ class EnvStore:
         )
         return [EnvEntry(row[0], row[1], bool(row[2])) for row in rows]
 
+    async def job_layers(
+        self, owner: str, repository_id: int
+    ) -> tuple[list[EnvEntry], list[EnvEntry]]:
+        """The owner's and the repository's variables, in one trip."""
+        rows = await self.db.fetch_all(
+            "SELECT 0, name, value, is_secret FROM owner_env"
+            " WHERE owner = ? COLLATE NOCASE"
+            " UNION ALL"
+            " SELECT 1, name, value, is_secret FROM repository_env"
+            " WHERE repository_id = ? ORDER BY 1, 2",
+            (owner, repository_id),
+        )
+        layers: tuple[list[EnvEntry], list[EnvEntry]] = ([], [])
+        for row in rows:
+            layers[row[0]].append(EnvEntry(row[1], row[2], bool(row[3])))
+        return layers
+
     async def replace_owner(
         self,
         conn: aiosqlite.Connection,

@@ -23,6 +23,19 @@ async def _one(
     return next((JobRecord.from_row(row) for row in rows), None)
 
 
+_CLAIM = (
+    "UPDATE jobs SET status = ?, runner = ?, started_at = ?"
+    " WHERE id = ("
+    "  SELECT q.id FROM jobs AS q"
+    "  JOIN repositories AS r ON r.id = q.repository_id"
+    "  WHERE q.status = ? AND r.status != 'revoked'"
+    "  AND NOT EXISTS (SELECT 1 FROM jobs AS b"
+    "   WHERE b.repository_id = q.repository_id AND b.status = ?)"
+    "  ORDER BY q.id LIMIT 1"
+    " ) RETURNING *"
+)
+
+
 class JobStore:
     def __init__(self, database: Database) -> None:
         self.db = database
@@ -87,31 +100,28 @@ class JobStore:
             superseded = [JobRecord.from_row(row) for row in rows]
         return job, superseded
 
-    async def claim(self, conn: aiosqlite.Connection, runner: str) -> JobRecord | None:
+    async def claim(
+        self, runner: str, conn: aiosqlite.Connection | None = None
+    ) -> JobRecord | None:
         """Take the oldest queued job of a repository with nothing running.
 
-        Runs inside ``BEGIN IMMEDIATE``, so two instances sharing the database
-        can never claim the same job or run two jobs of one repository.
+        One statement, atomic on its own (see ``Database.write_returning``)
+        or inside the caller's ``conn`` transaction: two instances sharing
+        the database can never claim the same job or run two jobs of one
+        repository.
         """
-        return await _one(
-            conn,
-            "UPDATE jobs SET status = ?, runner = ?, started_at = ?"
-            " WHERE id = ("
-            "  SELECT q.id FROM jobs AS q"
-            "  JOIN repositories AS r ON r.id = q.repository_id"
-            "  WHERE q.status = ? AND r.status != 'revoked'"
-            "  AND NOT EXISTS (SELECT 1 FROM jobs AS b"
-            "   WHERE b.repository_id = q.repository_id AND b.status = ?)"
-            "  ORDER BY q.id LIMIT 1"
-            " ) RETURNING *",
-            (
-                JobStatus.RUNNING,
-                runner,
-                time.time(),
-                JobStatus.QUEUED,
-                JobStatus.RUNNING,
-            ),
+        params = (
+            JobStatus.RUNNING,
+            runner,
+            time.time(),
+            JobStatus.QUEUED,
+            JobStatus.RUNNING,
         )
+        if conn is None:
+            rows = await self.db.write_returning(_CLAIM, params)
+        else:
+            rows = list(await conn.execute_fetchall(_CLAIM, params))
+        return next((JobRecord.from_row(row) for row in rows), None)
 
     async def has_claimable(self) -> bool:
         value = await self.db.fetch_value(
@@ -122,13 +132,16 @@ class JobStore:
         )
         return value is not None
 
-    async def set_pgid(
-        self, conn: aiosqlite.Connection, job_id: int, pgid: int
-    ) -> None:
-        await conn.execute("UPDATE jobs SET pgid = ? WHERE id = ?", (pgid, job_id))
+    async def record_pgid(self, job_id: int, pgid: int) -> None:
+        """A statement of its own: one trip per process a job starts."""
+        await self.db.execute_write(
+            "UPDATE jobs SET pgid = ? WHERE id = ?", (pgid, job_id)
+        )
 
-    async def set_sha(self, conn: aiosqlite.Connection, job_id: int, sha: str) -> None:
-        await conn.execute("UPDATE jobs SET sha = ? WHERE id = ?", (sha, job_id))
+    async def record_sha(self, job_id: int, sha: str) -> None:
+        await self.db.execute_write(
+            "UPDATE jobs SET sha = ? WHERE id = ?", (sha, job_id)
+        )
 
     async def finish(
         self,
@@ -138,14 +151,16 @@ class JobStore:
         *,
         exit_code: int | None = None,
         reason: str | None = None,
+        sha: str | None = None,
     ) -> JobRecord | None:
-        """Record the end of an active job; None if it had ended already."""
+        """Record the end of an active job (and the commit it ran on, when
+        it resolved one); None if it had ended already."""
         return await _one(
             conn,
             "UPDATE jobs SET status = ?, exit_code = ?, reason = ?,"
-            " finished_at = ?, pgid = NULL"
+            " finished_at = ?, pgid = NULL, sha = COALESCE(?, sha)"
             " WHERE id = ? AND status IN (?, ?) RETURNING *",
-            (status, exit_code, reason, time.time(), job_id, *ACTIVE),
+            (status, exit_code, reason, time.time(), sha, job_id, *ACTIVE),
         )
 
     async def request_cancel(

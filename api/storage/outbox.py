@@ -63,11 +63,13 @@ class StatusOutbox:
         await cursor.close()
         return taken
 
-    async def release(self, item_id: int) -> None:
-        """End a lease early: the item is due again now."""
+    async def release(self, item_id: int, until: float) -> None:
+        """End our lease (the one ending at ``until``) early: the item is due
+        again now. Another process's lease, or a posted item, stays as is."""
         await self.db.execute_write(
-            "UPDATE status_outbox SET next_attempt_at = ? WHERE id = ?",
-            (time.time(), item_id),
+            "UPDATE status_outbox SET next_attempt_at = ?"
+            " WHERE id = ? AND next_attempt_at = ?",
+            (time.time(), item_id, until),
         )
 
     async def remove(self, conn: aiosqlite.Connection, item_id: int) -> None:

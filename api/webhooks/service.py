@@ -127,32 +127,45 @@ async def _queue_test(
     trigger: dict[str, Any] = {"type": "push", "delivery": delivery}
     if sender:
         trigger["user"] = sender
-    async with storage.db.transaction() as conn:
-        earlier = await storage.deliveries.find(conn, repository.id, delivery)
-        if earlier is not None:
-            job = None
-            if earlier.job_id is not None:
-                job = await storage.jobs.get_by_id_in(conn, earlier.job_id)
-            if job is None:
-                return Intake(202, repository, detail=IGNORED)
-            return Intake(202, repository, job=job)
-        runner.ensure_accepting()  # 503 while draining; a redelivery still works
-        job, superseded = await storage.jobs.enqueue(
-            conn,
-            repository_id=repository.id,
-            kind=JobKind.TEST,
-            ref=repository.branch,
-            sha=sha,
-            trigger=trigger,
-            supersede=True,
-        )
-        await storage.deliveries.record(
-            conn,
-            repository_id=repository.id,
-            delivery_id=delivery,
-            event="push",
-            result=QUEUED,
-            job_id=job.id,
-        )
-    runner.announce(repository, job, superseded)
+    # Claimed in the same transaction when there is room: the job starts
+    # without waiting for a round of the runner's loop.
+    room = runner.reserve()
+    try:
+        async with storage.db.transaction() as conn:
+            earlier = await storage.deliveries.find(conn, repository.id, delivery)
+            if earlier is not None:
+                job = None
+                if earlier.job_id is not None:
+                    job = await storage.jobs.get_by_id_in(conn, earlier.job_id)
+                if job is None:
+                    return Intake(202, repository, detail=IGNORED)
+                return Intake(202, repository, job=job)
+            runner.ensure_accepting()  # 503 while draining; a redelivery still works
+            job, superseded = await storage.jobs.enqueue(
+                conn,
+                repository_id=repository.id,
+                kind=JobKind.TEST,
+                ref=repository.branch,
+                sha=sha,
+                trigger=trigger,
+                supersede=True,
+            )
+            await storage.deliveries.record(
+                conn,
+                repository_id=repository.id,
+                delivery_id=delivery,
+                event="push",
+                result=QUEUED,
+                job_id=job.id,
+            )
+            claimed = (
+                await storage.jobs.claim(runner.instance_id, conn) if room else None
+            )
+        ours = claimed is not None and claimed.id == job.id
+        runner.announce(repository, job, superseded, claimed=ours)
+        if claimed is not None:
+            await runner.start_claimed(claimed, repository)
+    finally:
+        if room:
+            runner.release()
     return Intake(202, repository, job=job)
