@@ -9,6 +9,7 @@ PYTHONPATH, ...) reaches a job.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -69,7 +70,10 @@ def clean_path(path: str, environ: Mapping[str, str]) -> str:
     return os.pathsep.join(kept) or DEFAULT_PATH
 
 
+@functools.lru_cache(maxsize=256)
 def _in_venv(entry: str) -> bool:
+    # Asked for every PATH entry of every job; directories do not turn into
+    # virtual environments under a running server.
     return (Path(entry).parent / "pyvenv.cfg").is_file()
 
 

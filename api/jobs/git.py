@@ -9,6 +9,7 @@ travels as an ``http.extraHeader`` given in ``GIT_CONFIG_*`` variables (git
 from __future__ import annotations
 
 import base64
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -211,8 +212,9 @@ def remove_stale_locks(repo: Path) -> list[Path]:
     """
     git_dir = repo / ".git"
     names = ("index.lock", "HEAD.lock", "config.lock", "shallow.lock")
-    candidates = [git_dir / name for name in names]
-    candidates += [git_dir / "packed-refs.lock", *(git_dir / "refs").rglob("*.lock")]
+    candidates = [git_dir / name for name in (*names, "packed-refs.lock")]
+    for folder, _, files in os.walk(git_dir / "refs"):
+        candidates += [Path(folder, name) for name in files if name.endswith(".lock")]
     removed = [path for path in candidates if path.is_file()]
     for path in removed:
         path.unlink(missing_ok=True)
