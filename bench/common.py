@@ -149,6 +149,23 @@ def use_source(source: Path | None) -> None:
         tests.servers.ROOT = source.resolve()
 
 
+def deployed_python(root: Path) -> str:
+    """The interpreter of a fresh venv with Hobotnica installed as the deploy
+    guide does it (``pip install .``: no dev extras, no editable checkout)."""
+    venv = root / "deployed-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", str(tests.servers.ROOT)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if install.returncode != 0:
+        raise RuntimeError(f"pip install failed:\n{install.stdout}{install.stderr}")
+    return python
+
+
 @contextlib.contextmanager
 def work_dir(name: str, keep: bool = False) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix=f"hobotnica-bench-{name}-"))
@@ -375,6 +392,7 @@ class Server:
         env: Mapping[str, str] | None = None,
         *,
         name: str = "var",
+        python: str | None = None,
     ) -> None:
         self.root = root
         self.data_dir = root / name
@@ -386,6 +404,7 @@ class Server:
                 "HOBOTNICA_LOG_LEVEL": "INFO",
                 **(env or {}),
             },
+            python=python,
         )
         self.http = Http(self.process.port)
 

@@ -6,6 +6,10 @@ registered (4 clone jobs), pushed to at once, and their ``test`` targets
 sleep until released: VmRSS is sampled while the 4 jobs run. For scale, the
 idle RSS of the bare aiohttp receiver (``bench.raw_intake``) and of
 adnanh/webhook is shown beside it. ROUNDS fresh servers are measured.
+
+The server runs as deployed (deploy/README.md): from a fresh venv with
+``pip install .``. The development venv (dev extras: schemathesis brings
+requests, which openapi-spec-validator then imports) is measured beside it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from bench.common import (
     Server,
     Summary,
     base_parser,
+    deployed_python,
     free_port,
     machine,
     memory_kb,
@@ -91,13 +96,13 @@ def reference_idle(root: Path) -> tuple[float, float]:
     return raw_mb, peer_mb
 
 
-def one_round(root: Path) -> tuple[float, float, float]:
+def one_round(root: Path, python: str) -> tuple[float, float, float]:
     """Idle RSS, RSS with JOBS running, VmHWM at the end (MB)."""
     names = [f"sleep{i}" for i in range(JOBS)]
     release = root / "release"
     with (
         FakeGitHubProcess([f"{OWNER}/{n}" for n in names], root / "gh.log") as github,
-        Server(root, github.url) as server,
+        Server(root, github.url, python=python) as server,
     ):
         time.sleep(1.0)
         idle = sample_rss(server.pid)
@@ -136,25 +141,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="fresh servers (3)")
     args = parser.parse_args(argv)
     use_source(args.source)
-    rows = []
+    rows: dict[str, list[tuple[float, float, float]]] = {"deployed": [], "dev": []}
     with work_dir("footprint", args.keep) as root:
+        pythons = {"deployed": deployed_python(root), "dev": PYTHON}
         raw_mb, peer_mb = reference_idle(root)
         for number in range(args.rounds):
-            rows.append(one_round(root / f"round{number}"))
-    idle = Summary.of([row[0] for row in rows])
-    running = Summary.of([row[1] for row in rows])
-    hwm = Summary.of([row[2] for row in rows])
-    print(f"# footprint: {args.rounds} fresh servers; {machine()}")
+            for name, python in pythons.items():
+                rows[name].append(one_round(root / f"{name}{number}", python))
+    print(f"# footprint: {args.rounds} fresh servers each; {machine()}")
     print(f"raw aiohttp  idle RSS {raw_mb:6.1f} MB")
     print(f"peer webhook idle RSS {peer_mb:6.1f} MB")
-    print(
-        f"hobotnica    idle RSS median {idle.median:6.1f} MB (max {idle.high:.1f});"
-        f" {JOBS} jobs running median {running.median:6.1f} MB"
-        f" (max {running.high:.1f}); VmHWM {hwm.median:.1f} MB"
-    )
+    for name, measured in rows.items():
+        idle = Summary.of([row[0] for row in measured])
+        running = Summary.of([row[1] for row in measured])
+        hwm = Summary.of([row[2] for row in measured])
+        print(
+            f"hobotnica ({name:8s}) idle RSS median {idle.median:6.1f} MB"
+            f" (max {idle.high:.1f}); {JOBS} jobs running median"
+            f" {running.median:6.1f} MB (max {running.high:.1f});"
+            f" VmHWM {hwm.median:.1f} MB"
+        )
+    idle = Summary.of([row[0] for row in rows["deployed"]])
+    running = Summary.of([row[1] for row in rows["deployed"]])
     ok = idle.median < TARGET_IDLE_MB
     print(
-        f"RESULT footprint hobotnica idle {idle.median:.1f} MB"
+        f"RESULT footprint hobotnica (deployed) idle {idle.median:.1f} MB"
         f" (target < {TARGET_IDLE_MB:.0f} MB), with {JOBS} jobs {running.median:.1f} MB"
         f" (+{running.median - idle.median:.1f} MB) {'PASS' if ok else 'FAIL'}"
     )

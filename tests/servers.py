@@ -43,8 +43,10 @@ class ServerProcess:
         port: int | None = None,
         drop_root_override: bool = False,
         inherit_env: bool = True,
+        python: str | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.python = python or sys.executable
         self.port = port or free_port()
         base = dict(os.environ) if inherit_env else {}
         for name in list(base):
@@ -76,7 +78,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             [
                 *self.prefix,
-                sys.executable,
+                self.python,
                 "-m",
                 "api",
                 "serve",
