@@ -214,6 +214,9 @@ class JobRunner:
         if repository is not None and repository.id != job.repository_id:
             repository = None
         await self._start(job, repository)
+        # The job's task runs up to its first process before the caller goes
+        # on to shape its answer.
+        await asyncio.sleep(0)
 
     async def cancel(
         self, repository: RepositoryRecord, job: JobRecord
