@@ -21,6 +21,7 @@ from tests.support import (
     GitRemote,
     auth_headers,
     register,
+    send_push,
     wait_for_job,
     webhook_headers,
 )
@@ -134,6 +135,41 @@ async def test_at_most_max_jobs_run_at_once(
     ]
     assert max(overlapping) == 2
     assert all(j["status"] == "success" for j in jobs)
+
+
+async def test_pushes_started_by_the_webhook_respect_max_jobs(
+    aiohttp_client: object,
+    limited_settings: Settings,
+    github: FakeGitHub,
+    tmp_path: Path,
+) -> None:
+    """A push's job is claimed by the webhook's own transaction when there is
+    room, and otherwise waits for the loop: never more than MAX_JOBS."""
+    client: Client = await aiohttp_client(create_app(settings=limited_settings))  # type: ignore[operator]
+    names = ["p1", "p2", "p3"]
+    webhooks = {}
+    remotes = {}
+    for name in names:
+        github.add_repo("octocat", name, permissions={"octocat": "ADMIN"})
+        remotes[name] = GitRemote(tmp_path, "octocat", name)
+        remotes[name].commit({"Makefile": "test:\n\tsleep 0.6\n"})
+        webhooks[name] = (await register(client, name=name))["webhook"]
+        await wait_for_job(client, 1, name=name)
+    answers = await asyncio.gather(
+        *(
+            send_push(client, webhooks[name], remotes[name].commit({"n": name}))
+            for name in names
+        )
+    )
+    assert [status for status, _ in answers] == [202, 202, 202]
+    jobs = [await wait_for_job(client, 2, name=name) for name in names]
+    assert all(j["status"] == "success" for j in jobs), jobs
+    spans = sorted((str(j["started_at"]), str(j["finished_at"])) for j in jobs)
+    overlapping = [
+        sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans
+    ]
+    assert max(overlapping) == 2
+    assert client.app[RUNNER]._reserved == 0
 
 
 async def test_cancel_kills_the_whole_process_group(

@@ -296,19 +296,35 @@ class JobRunner:
     async def _start(
         self, job: JobRecord, repository: RepositoryRecord | None = None
     ) -> None:
-        if repository is None:
-            repository = await self.storage.repositories.get_by_id(job.repository_id)
-        if repository is None:
-            return
+        """Run a job claimed for this instance; never raises (a job that
+        cannot start ends as ``error`` instead of staying ``running``)."""
         try:
+            if repository is None:
+                repository = await self.storage.repositories.get_by_id(
+                    job.repository_id
+                )
+            if repository is None:
+                return  # deleted meanwhile, its jobs with it
+            if self.draining:
+                # Claimed just before a shutdown began: nothing runs any more.
+                await self._finish(
+                    job,
+                    repository,
+                    JobResult(
+                        JobStatus.INTERRUPTED, reason="stopped by a server shutdown"
+                    ),
+                )
+                return
             plan = await self._plan(job, repository)
         except Exception:
             logger.exception("Cannot prepare job #%s", job.number)
-            await self._finish(
-                job,
-                repository,
-                JobResult(JobStatus.ERROR, reason="cannot prepare the job"),
-            )
+            if repository is not None:
+                with contextlib.suppress(Exception):
+                    await self._finish(
+                        job,
+                        repository,
+                        JobResult(JobStatus.ERROR, reason="cannot prepare the job"),
+                    )
             return
         running = RunningJob(plan)
         self.running[job.id] = running
