@@ -215,6 +215,49 @@ async def test_signature_is_checked_before_the_body_is_read(
     assert await response.json() == {"detail": "Invalid signature"}
 
 
+@pytest.mark.parametrize(
+    "signature",
+    [None, "sha1=" + "0" * 40, "sha256=xyz"],
+    ids=["missing", "sha1", "malformed"],
+)
+async def test_unsigned_delivery_is_refused_before_its_body_arrives(
+    client: Client, webhook: Webhook, signature: str | None
+) -> None:
+    """Headers announcing 25 MB, no body sent: the 401 comes anyway, so the
+    server never waited for (nor buffered) an unsigned body."""
+    assert client.server.host is not None and client.server.port is not None
+    reader, writer = await asyncio.open_connection(
+        client.server.host, client.server.port
+    )
+    lines = [
+        f"POST {webhook_path(webhook)} HTTP/1.1",
+        f"Host: {client.server.host}",
+        "Content-Type: application/json",
+        "X-GitHub-Event: push",
+        f"Content-Length: {25 * 2**20}",
+    ]
+    if signature is not None:
+        lines.append(f"X-Hub-Signature-256: {signature}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    try:
+        async with asyncio.timeout(5):
+            status_line = await reader.readline()
+            head = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"401", status_line
+    length = int(
+        next(
+            line.split(b":", 1)[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+    )
+    body = await asyncio.wait_for(reader.readexactly(length), 5)
+    assert json.loads(body) == {"detail": "Invalid signature"}
+
+
 async def test_another_repositorys_secret_is_refused(
     client: Client, github: FakeGitHub, webhook: Webhook, tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ from .errors import (
     RepositoryNotFound,
 )
 from .models import GitHubUser, Permission, RepositoryAccess, WebhookEvent
-from .webhooks import verify_webhook
+from .webhooks import signature_digest, verify_webhook
 
 __all__ = [
     "GitHubClient",
@@ -33,5 +33,6 @@ __all__ = [
     "RepositoryAccess",
     "RepositoryNotFound",
     "WebhookEvent",
+    "signature_digest",
     "verify_webhook",
 ]

@@ -15,6 +15,21 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 _SIGNATURE_RE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
 
+def signature_digest(headers: Mapping[str, str]) -> str:
+    """The hex digest of ``X-Hub-Signature-256``, lower case.
+
+    Raises :class:`InvalidSignature` when the header is missing or malformed:
+    a delivery can be refused on its headers, before its body is read.
+    """
+    signature = CIMultiDict(headers).get(SIGNATURE_HEADER)
+    if signature is None:
+        raise InvalidSignature("signature is missing")
+    match = _SIGNATURE_RE.fullmatch(signature.strip())
+    if match is None:
+        raise InvalidSignature("signature is malformed")
+    return match.group(1).lower()
+
+
 def verify_webhook(
     headers: Mapping[str, str], body: bytes, secret: str
 ) -> WebhookEvent:
@@ -24,20 +39,13 @@ def verify_webhook(
     Raises :class:`InvalidSignature` when the header is missing, malformed or
     wrong; never looks at the body otherwise.
     """
+    digest = signature_digest(headers)
     lookup = CIMultiDict(headers)
-    signature = lookup.get(SIGNATURE_HEADER)
-    if signature is None:
-        raise InvalidSignature("signature is missing")
-    match = _SIGNATURE_RE.fullmatch(signature.strip())
-    if match is None:
-        raise InvalidSignature("signature is malformed")
     if not secret:
         raise InvalidSignature("no secret to check the signature with")
     try:
         # gidgethub compares with hmac.compare_digest
-        sansio.validate_event(
-            body, signature="sha256=" + match.group(1).lower(), secret=secret
-        )
+        sansio.validate_event(body, signature="sha256=" + digest, secret=secret)
     except ValidationFailure:
         raise InvalidSignature("signature does not match") from None
     return WebhookEvent(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from api.crypto import SecretBox
 from api.errors import Gone, NotFound, Unauthorized
-from api.github import InvalidSignature, verify_webhook
+from api.github import InvalidSignature, signature_digest, verify_webhook
 from api.jobs.runner import JobRunner
 from api.storage import Storage
 from api.storage.records import JobKind, JobRecord, RepositoryRecord, RepositoryStatus
@@ -50,12 +50,18 @@ async def receive(
     *,
     uid: str,
     headers: Mapping[str, str],
-    body: bytes,
+    read_body: Callable[[], Awaitable[bytes]],
     content_type: str,
 ) -> Intake:
     repository = await storage.repositories.get_by_webhook_uid(uid)
     if repository is None:
         raise NotFound("Unknown webhook")
+    try:
+        # Refused on its headers: an unsigned body is never read.
+        signature_digest(headers)
+    except InvalidSignature:
+        raise Unauthorized("Invalid signature") from None
+    body = await read_body()
     secret = _secret(box, repository.webhook_secret_encrypted)
     try:
         event = await _run(body, verify_webhook, headers, body, secret)

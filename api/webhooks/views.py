@@ -1,9 +1,11 @@
 """The webhook endpoint (signed by GitHub, not by a user token).
 
 Declared in openapi.yaml like every route, but served outside rororo's
-request validation: the signature is checked on the raw bytes before the
-body is parsed at all, so an unsigned 25 MB body costs almost nothing and a
-signed delivery is not parsed twice. Its answers are the schema's shapes.
+request validation: a delivery without a well-formed signature header is
+refused before its body is read, the signature is checked on the raw bytes
+before the body is parsed at all, so an unsigned 25 MB body costs almost
+nothing and a signed delivery is not parsed twice. Its answers are the
+schema's shapes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         request.app[RUNNER],
         uid=uid,
         headers=request.headers,
-        body=await request.read(),
+        read_body=request.read,
         content_type=request.content_type,
     )
     if intake.job is not None:
