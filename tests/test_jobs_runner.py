@@ -172,6 +172,42 @@ async def test_pushes_started_by_the_webhook_respect_max_jobs(
     assert client.app[RUNNER]._reserved == 0
 
 
+async def test_work_that_gives_way_waits_only_for_starts_that_can_happen(
+    aiohttp_client: object,
+    settings: Settings,
+    github: FakeGitHub,
+    tmp_path: Path,
+) -> None:
+    """Commit statuses wait while a job is on its way to ``make``; a job
+    that runs its ``make``, or one queued behind MAX_JOBS, holds nothing up."""
+    one_at_a_time = settings.with_overrides(max_jobs=1)
+    client: Client = await aiohttp_client(create_app(settings=one_at_a_time))  # type: ignore[operator]
+    runner = client.app[RUNNER]
+    release = tmp_path / "release"
+    makefile = f"test:\n\t@while [ ! -e {release} ]; do sleep 0.02; done\n"
+    webhooks = {}
+    remotes = {}
+    for name in ("w1", "w2"):
+        github.add_repo("octocat", name, permissions={"octocat": "ADMIN"})
+        remotes[name] = GitRemote(tmp_path, "octocat", name)
+        remotes[name].commit({"Makefile": makefile})
+        webhooks[name] = (await register(client, name=name))["webhook"]
+        await wait_for_job(client, 1, name=name)
+    await send_push(client, webhooks["w1"], remotes["w1"].commit({"n": "1"}))
+    await wait_for_job(client, 2, name="w1", statuses={"running"})
+    # w1's make runs: nothing is starting any more.
+    await asyncio.wait_for(runner.starts_done(limit=30), 10)
+    # w2's job waits for the only place: it is not on its way to make either.
+    status, _ = await send_push(
+        client, webhooks["w2"], remotes["w2"].commit({"n": "2"})
+    )
+    assert status == 202
+    await asyncio.wait_for(runner.starts_done(limit=30), 10)
+    release.touch()
+    assert (await wait_for_job(client, 2, name="w1"))["status"] == "success"
+    assert (await wait_for_job(client, 2, name="w2"))["status"] == "success"
+
+
 async def test_cancel_kills_the_whole_process_group(
     client: Client, remote: GitRemote
 ) -> None:

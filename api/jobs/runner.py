@@ -159,7 +159,9 @@ class JobRunner:
                 await self._starts_done.wait()
 
     def _update_starts(self) -> None:
-        announced = self._new_job and not self.draining
+        # An announced job counts only while there is room to start it.
+        room = len(self.running) + self._reserved < self.settings.max_jobs
+        announced = self._new_job and room and not self.draining
         if announced or any(r.starting for r in self.running.values()):
             self._starts_done.clear()
         else:
