@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from api.app import create_app
@@ -63,3 +64,12 @@ async def client(
     aiohttp_client: AiohttpClient, settings: Settings
 ) -> AsyncIterator[Client]:
     yield await aiohttp_client(create_app(settings=settings))
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for servers running as processes."""
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+        yield session

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,7 +33,15 @@ from typing import Any
 import tests.servers
 from tests.servers import ServerProcess, free_port
 from tests.support import FINISHED as FINISHED_STATUSES
-from tests.support import TOKEN, USER, GitRemote, auth_headers, sign
+from tests.support import (
+    TOKEN,
+    USER,
+    GitRemote,
+    auth_headers,
+    push_payload,
+    sign,
+    webhook_headers,
+)
 
 __all__ = [
     "ROOT",
@@ -52,8 +59,10 @@ __all__ = [
     "free_port",
     "machine",
     "ratio",
+    "register_remotes",
     "sign",
     "wait_for",
+    "webhook_headers",
     "work_dir",
 ]
 
@@ -499,26 +508,22 @@ def webhook_path(repository: Mapping[str, Any]) -> str:
     return "/api/" + str(repository["webhook"]["url"]).split("/api/", 1)[1]
 
 
+def register_remotes(
+    server: Server, root: Path, owner: str, names: Sequence[str], makefile: str
+) -> tuple[dict[str, GitRemote], dict[str, dict[str, Any]]]:
+    """A bare remote with ``makefile`` per name, each registered (and cloned)."""
+    remotes = {}
+    repositories = {}
+    for name in names:
+        remotes[name] = GitRemote(root, owner, name)
+        remotes[name].commit({"Makefile": makefile}, "initial")
+        repositories[name] = server.register(owner, name)
+    return remotes, repositories
+
+
 def push_body(sha: str, branch: str, owner: str, name: str) -> bytes:
-    return json.dumps(
-        {
-            "ref": f"refs/heads/{branch}",
-            "before": "0" * 40,
-            "after": sha,
-            "deleted": False,
-            "repository": {"full_name": f"{owner}/{name}"},
-            "sender": {"login": USER},
-        }
-    ).encode()
-
-
-def signed_headers(body: bytes, secret: str, event: str = "push") -> dict[str, str]:
-    return {
-        "Content-Type": "application/json",
-        "X-GitHub-Event": event,
-        "X-GitHub-Delivery": str(uuid.uuid4()),
-        "X-Hub-Signature-256": sign(body, secret),
-    }
+    repository = {"full_name": f"{owner}/{name}"}
+    return json.dumps(push_payload(sha, branch, repository=repository)).encode()
 
 
 def push_to_repository(
@@ -528,7 +533,7 @@ def push_to_repository(
     body = push_body(sha, "main", owner, name)
     secret = str(repository["webhook"]["secret"])
     status, answer = http.request(
-        "POST", webhook_path(repository), body, signed_headers(body, secret)
+        "POST", webhook_path(repository), body, webhook_headers(body, secret)
     )
     assert status == 202, answer
     return answer

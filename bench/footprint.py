@@ -24,7 +24,6 @@ from bench.common import (
     PYTHON,
     ROOT,
     FakeGitHubProcess,
-    GitRemote,
     Http,
     PeerWebhook,
     Server,
@@ -36,6 +35,7 @@ from bench.common import (
     memory_kb,
     push_to_repository,
     read_stamp,
+    register_remotes,
     socket_to,
     stop_process,
     use_source,
@@ -106,12 +106,9 @@ def one_round(root: Path, python: str) -> tuple[float, float, float]:
     ):
         time.sleep(1.0)
         idle = sample_rss(server.pid)
-        remotes = {}
-        repositories = {}
-        for name in names:
-            remotes[name] = GitRemote(root, OWNER, name)
-            remotes[name].commit({"Makefile": sleeping_makefile(release)}, "initial")
-            repositories[name] = server.register(OWNER, name)
+        remotes, repositories = register_remotes(
+            server, root, OWNER, names, sleeping_makefile(release)
+        )
         http = Http(server.port)
         stamps = []
         for path in (server.data_dir / "clones").iterdir():

@@ -43,8 +43,8 @@ from bench.common import (
     ratio,
     read_stamp,
     rotate,
-    signed_headers,
     use_source,
+    webhook_headers,
     webhook_path,
     work_dir,
 )
@@ -145,7 +145,7 @@ class Hobotnica:
     def run(self, number: int) -> Row:
         sha = self.remote.commit({"counter": str(number)}, f"push {number}")
         body = push_body(sha, BRANCH, OWNER, self.repo)
-        headers = signed_headers(body, self.secret)
+        headers = webhook_headers(body, self.secret)
         cpu_before = cpu_seconds(self.server.pid)
         with RssSampler(self.server.pid) as rss:
             status, answer = self.http.request("POST", self.path, body, headers)

@@ -40,9 +40,9 @@ from bench.common import (
     ratio,
     read_stamp,
     rotate,
-    signed_headers,
     use_source,
     wait_for,
+    webhook_headers,
     webhook_path,
     work_dir,
 )
@@ -140,7 +140,7 @@ class Peer:
     def push(self, number: int) -> Result:
         sha = self.remote.commit({"counter": str(number)}, f"push {number}")
         body = push_body(sha, BRANCH, OWNER, "peer")
-        headers = signed_headers(body, PEER_SECRET)
+        headers = webhook_headers(body, PEER_SECRET)
         stamps = clear_stamps(self.clone)
         started = time.time()
         status, answer = self.http.request("POST", self.hooks.path("ci"), body, headers)
@@ -175,7 +175,7 @@ class Hobotnica:
     def push(self, number: int) -> Result:
         sha = self.remote.commit({"counter": str(number)}, f"push {number}")
         body = push_body(sha, BRANCH, OWNER, self.repo)
-        headers = signed_headers(body, self.secret)
+        headers = webhook_headers(body, self.secret)
         stamps = clear_stamps(self.clone)
         started = time.time()
         status, answer = self.http.request("POST", self.path, body, headers)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from bench.common import (
     FakeGitHubProcess,
-    GitRemote,
     Http,
     Server,
     Summary,
@@ -25,6 +24,7 @@ from bench.common import (
     machine,
     push_to_repository,
     read_stamp,
+    register_remotes,
     use_source,
     wait_for,
     work_dir,
@@ -73,12 +73,9 @@ def run(size: int, rounds: int, idle_probes: int, keep: bool) -> Prober:
             ) as github,
             Server(root, github.url) as server,
         ):
-            remotes = {}
-            repositories = {}
-            for name in names:
-                remotes[name] = GitRemote(root, OWNER, name)
-                remotes[name].commit({"Makefile": makefile(size)}, "initial")
-                repositories[name] = server.register(OWNER, name)
+            remotes, repositories = register_remotes(
+                server, root, OWNER, names, makefile(size)
+            )
             stamps = [
                 path.with_name(path.name + ".start")
                 for path in (server.data_dir / "clones").iterdir()

@@ -17,6 +17,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from api.keys import STORAGE
+from api.storage.records import RepositoryStatus
+from tests.fakes.github import FakeGitHub
+
 Client = TestClient[web.Request, web.Application]
 
 USER = "octocat"
@@ -189,3 +193,34 @@ async def register(
     data: dict[str, Any] = await response.json()
     await wait_for_job(client, 1, owner=owner, name=name)
     return data
+
+
+async def wait_for_statuses(
+    github: FakeGitHub,
+    sha: str,
+    context: str,
+    final: str,
+    timeout: float = 15.0,
+) -> list[dict[str, Any]]:
+    """The statuses posted for ``sha`` once the last one is in ``final`` state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        posted = [
+            s for s in github.statuses if s["sha"] == sha and s["context"] == context
+        ]
+        if posted and posted[-1]["state"] == final:
+            return posted
+        if time.monotonic() > deadline:
+            raise AssertionError(f"statuses of {sha} {context}: {posted}")
+        await asyncio.sleep(0.02)
+
+
+async def revoke(client: Client, owner: str = OWNER, name: str = REPO) -> None:
+    """Mark a registered repository revoked, as a failed access check does."""
+    storage = client.app[STORAGE]
+    repository = await storage.repositories.get(owner, name)
+    assert repository is not None
+    async with storage.db.transaction() as conn:
+        await storage.repositories.set_status(
+            conn, repository.id, RepositoryStatus.REVOKED, "lost access"
+        )

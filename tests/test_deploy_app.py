@@ -210,12 +210,9 @@ async def test_new_instance_with_bad_settings_rolls_back(
     )
     deployment.env["HOBOTNICA_HEALTH_TIMEOUT"] = "3"
     before = deployment.upstream.read_bytes()
-    load = rig.Load(deployment.nginx.url, ["/api/health"])
-    load.start()
-    try:
-        switched = await rig.run_switch(deployment.env)
-    finally:
-        await load.stop()
+    switched, load = await rig.switch_under_health_load(
+        deployment.env, deployment.nginx.url
+    )
 
     assert switched.returncode == 1, switched.stdout + switched.stderr
     assert "was not healthy within 3 s" in switched.stderr

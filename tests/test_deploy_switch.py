@@ -98,12 +98,9 @@ async def test_unhealthy_new_instance_rolls_back(
     deployment.env[f"DEPLOY_TEST_SERVE_CMD_{deployment.idle}"] = "sleep 30"
     deployment.env["HOBOTNICA_HEALTH_TIMEOUT"] = "1.5"
     before = deployment.upstream.read_bytes()
-    load = rig.Load(deployment.nginx.url, ["/api/health"])
-    load.start()
-    try:
-        switched = await rig.run_switch(deployment.env)
-    finally:
-        await load.stop()
+    switched, load = await rig.switch_under_health_load(
+        deployment.env, deployment.nginx.url
+    )
 
     assert switched.returncode == 1, switched.stdout + switched.stderr
     assert (

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from api.keys import RUNNER, STORAGE
-from api.storage.records import RepositoryStatus
+from api.keys import RUNNER
 from tests.fakes.github import FakeGitHub
 from tests.support import (
     READER,
@@ -19,6 +18,7 @@ from tests.support import (
     GitRemote,
     auth_headers,
     register,
+    revoke,
     send_push,
     wait_for_job,
 )
@@ -210,13 +210,7 @@ async def test_invalid_bodies_are_422(client: Client, webhook: dict[str, str]) -
 async def test_revoked_repository_is_409(
     client: Client, webhook: dict[str, str]
 ) -> None:
-    storage = client.app[STORAGE]
-    repository = await storage.repositories.get("octocat", "hello")
-    assert repository is not None
-    async with storage.db.transaction() as conn:
-        await storage.repositories.set_status(
-            conn, repository.id, RepositoryStatus.REVOKED, "lost access"
-        )
+    await revoke(client)
     status, body = await deploy(client, {}, auth_headers())
     assert status == 409
     assert "revoked" in body["detail"]

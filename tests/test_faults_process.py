@@ -13,7 +13,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +106,6 @@ def servers(
         server.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=30)
-    ) as session:
-        yield session
-
-
 async def kill(server: ServerProcess) -> None:
     server.signal(signal.SIGKILL)
     await asyncio.to_thread(server.wait, 10)
@@ -122,6 +114,17 @@ async def kill(server: ServerProcess) -> None:
 def job_statuses(data_dir: Path) -> dict[int, str]:
     rows = query(data_dir, "SELECT number, status FROM jobs ORDER BY number")
     return {int(number): str(status) for number, status in rows}
+
+
+async def start_cloned(
+    servers: ServerFactory, http: aiohttp.ClientSession
+) -> tuple[ServerProcess, Api, dict[str, str]]:
+    """A server with octocat/hello registered and cloned; its webhook."""
+    server = servers()
+    api = Api(http, server.url)
+    webhook = (await api.register(OWNER, REPO))["webhook"]
+    await api.wait_job(OWNER, REPO, 1, {"success"})
+    return server, api, webhook
 
 
 async def push(api: Api, webhook: dict[str, str], sha: str) -> int:
@@ -196,10 +199,7 @@ async def test_sigkill_during_a_test_job_then_a_broken_clone_is_cloned_again(
     servers: ServerFactory,
     remote: GitRemote,
 ) -> None:
-    first = servers()
-    api = Api(http, first.url)
-    webhook = (await api.register(OWNER, REPO))["webhook"]
-    await api.wait_job(OWNER, REPO, 1, {"success"})
+    first, api, webhook = await start_cloned(servers, http)
     sha = remote.commit({"Makefile": "test:\n\t@echo started\n\tsleep 39.39\n"})
     number = await push(api, webhook, sha)
     await api.wait_job(OWNER, REPO, number, {"running"})
@@ -231,10 +231,7 @@ async def test_sigkill_during_a_big_log_write(
     servers: ServerFactory,
     remote: GitRemote,
 ) -> None:
-    first = servers()
-    api = Api(http, first.url)
-    webhook = (await api.register(OWNER, REPO))["webhook"]
-    await api.wait_job(OWNER, REPO, 1, {"success"})
+    first, api, webhook = await start_cloned(servers, http)
     sha = remote.commit(
         {
             "Makefile": "test:\n"
@@ -274,10 +271,7 @@ async def test_restart_stops_the_git_of_the_killed_server(
     gates: GitGates,
     remote: GitRemote,
 ) -> None:
-    first = servers()
-    api = Api(http, first.url)
-    webhook = (await api.register(OWNER, REPO))["webhook"]
-    await api.wait_job(OWNER, REPO, 1, {"success"})
+    first, api, webhook = await start_cloned(servers, http)
     gates.close("fetch")  # a fetch that hangs, as over a bad network
     number = await push(api, webhook, remote.commit({"README": "x"}))
     await gates.wait_entered("fetch")

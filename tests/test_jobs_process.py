@@ -8,15 +8,16 @@ import signal
 import sys
 import time
 import tracemalloc
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from api.jobs.process import (
     CHUNK_SIZE,
     Outcome,
+    ProcessResult,
     become_subreaper,
     kill_process_group,
     run_process,
@@ -65,6 +66,20 @@ class Output:
 
     def first_int(self) -> int:
         return int(self.data.split()[0])
+
+
+def run_grandchild(
+    tmp_path: Path, sink: Callable[[bytes], None], started: list[int], **options: Any
+) -> Coroutine[Any, Any, ProcessResult]:
+    """``run_process`` of SPAWN_GRANDCHILD, recording its group id."""
+    return run_process(
+        SPAWN_GRANDCHILD,
+        cwd=tmp_path,
+        env=ENV,
+        sink=sink,
+        on_start=started.append,
+        **options,
+    )
 
 
 def assert_group_gone(pgid: int) -> None:
@@ -127,15 +142,7 @@ async def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
     out = Output()
     started: list[int] = []
     result = await bounded(
-        run_process(
-            SPAWN_GRANDCHILD,
-            cwd=tmp_path,
-            env=ENV,
-            sink=out,
-            timeout=0.5,
-            kill_grace=3.0,
-            on_start=started.append,
-        )
+        run_grandchild(tmp_path, out, started, timeout=0.5, kill_grace=3.0)
     )
     assert result.outcome == Outcome.TIMED_OUT
     assert result.returncode == -signal.SIGTERM
@@ -149,15 +156,8 @@ async def test_cancel_event(tmp_path: Path) -> None:
     cancel = asyncio.Event()
     started: list[int] = []
     task = asyncio.create_task(
-        run_process(
-            SPAWN_GRANDCHILD,
-            cwd=tmp_path,
-            env=ENV,
-            sink=out,
-            timeout=None,
-            cancel=cancel,
-            kill_grace=0.3,
-            on_start=started.append,
+        run_grandchild(
+            tmp_path, out, started, timeout=None, cancel=cancel, kill_grace=0.3
         )
     )
     await asyncio.wait_for(out.line.wait(), 5)
@@ -264,15 +264,7 @@ async def test_cancelled_coroutine_kills_the_group(tmp_path: Path) -> None:
     out = Output()
     started: list[int] = []
     task = asyncio.create_task(
-        run_process(
-            SPAWN_GRANDCHILD,
-            cwd=tmp_path,
-            env=ENV,
-            sink=out,
-            timeout=None,
-            kill_grace=0.3,
-            on_start=started.append,
-        )
+        run_grandchild(tmp_path, out, started, timeout=None, kill_grace=0.3)
     )
     await asyncio.wait_for(out.line.wait(), 5)
     task.cancel()
@@ -290,15 +282,7 @@ async def test_failing_sink_kills_the_group_and_raises(tmp_path: Path) -> None:
 
     with pytest.raises(OSError, match="disk full"):
         await bounded(
-            run_process(
-                SPAWN_GRANDCHILD,
-                cwd=tmp_path,
-                env=ENV,
-                sink=sink,
-                timeout=None,
-                kill_grace=0.3,
-                on_start=started.append,
-            )
+            run_grandchild(tmp_path, sink, started, timeout=None, kill_grace=0.3)
         )
     assert_group_gone(started[0])
 

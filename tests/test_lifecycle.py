@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,6 @@ pytestmark = pytest.mark.integrational
 
 REPO = "/api/repositories/octocat/hello"
 ServerFactory = Callable[..., ServerProcess]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=30)
-    ) as session:
-        yield session
 
 
 @pytest.fixture

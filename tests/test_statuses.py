@@ -31,6 +31,7 @@ from tests.support import (
     register,
     send_push,
     wait_for_job,
+    wait_for_statuses,
 )
 
 SHA = "a" * 40
@@ -385,20 +386,6 @@ async def test_long_descriptions_are_cut_for_github(h: Harness) -> None:
 # -- end to end: the app reports its jobs -------------------------------------------
 
 AiohttpClient = Callable[..., Awaitable[Client]]
-
-
-async def wait_for_statuses(
-    github: FakeGitHub, sha: str, context: str, final: str, timeout: float = 15.0
-) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        posted = [
-            s for s in github.statuses if s["sha"] == sha and s["context"] == context
-        ]
-        if posted and posted[-1]["state"] == final:
-            return posted
-        assert time.monotonic() < deadline, f"{context} statuses of {sha}: {posted}"
-        await asyncio.sleep(0.02)
 
 
 def blocking_makefile(release: Path) -> str:

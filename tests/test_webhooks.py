@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import io
 import json
-import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import pytest
 
 from api.errors import BadRequest
 from api.keys import RUNNER, STORAGE
-from api.storage.records import RepositoryStatus
 from api.webhooks.payloads import parse_body, parse_push
 from tests.fakes.github import FakeGitHub
 from tests.support import (
@@ -26,8 +24,10 @@ from tests.support import (
     auth_headers,
     push_payload,
     register,
+    revoke,
     send_push,
     wait_for_job,
+    wait_for_statuses,
     webhook_headers,
 )
 
@@ -76,26 +76,6 @@ async def deliveries_of(client: Client) -> list[tuple[str, str, str, int | None]
         " LEFT JOIN jobs AS j ON j.id = d.job_id ORDER BY d.id"
     )
     return [(row[0], row[1], row[2], row[3]) for row in rows]
-
-
-async def wait_for_statuses(
-    github: FakeGitHub,
-    sha: str,
-    context: str,
-    final: str,
-    timeout: float = 15.0,
-) -> list[dict[str, Any]]:
-    """The statuses posted for ``sha`` once the last one is in ``final`` state."""
-    deadline = time.monotonic() + timeout
-    while True:
-        posted = [
-            s for s in github.statuses if s["sha"] == sha and s["context"] == context
-        ]
-        if posted and posted[-1]["state"] == final:
-            return posted
-        if time.monotonic() > deadline:
-            raise AssertionError(f"statuses of {sha} {context}: {posted}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -286,13 +266,7 @@ async def test_unknown_uid_is_404(client: Client, webhook: Webhook) -> None:
 async def test_revoked_repository_is_410_after_the_signature_check(
     client: Client, webhook: Webhook, remote: GitRemote
 ) -> None:
-    storage = client.app[STORAGE]
-    repository = await storage.repositories.get("octocat", "hello")
-    assert repository is not None
-    async with storage.db.transaction() as conn:
-        await storage.repositories.set_status(
-            conn, repository.id, RepositoryStatus.REVOKED, "lost access"
-        )
+    await revoke(client)
     sha = remote.commit({"a": "1"})
     status, body = await deliver(client, webhook, push_payload(sha))
     assert status == 410

@@ -378,6 +378,19 @@ async def run_switch(env: dict[str, str], *args: str) -> SwitchRun:
     )
 
 
+async def switch_under_health_load(
+    env: dict[str, str], url: str
+) -> tuple[SwitchRun, Load]:
+    """Run deploy/switch while ``GET /api/health`` is asked through nginx."""
+    load = Load(url, ["/api/health"])
+    load.start()
+    try:
+        switched = await run_switch(env)
+    finally:
+        await load.stop()
+    return switched, load
+
+
 @dataclass
 class Load:
     """Clients that send GET requests through nginx until stopped.
