@@ -158,7 +158,7 @@ async def response_validation_middleware(
             response.content_type,
             response.body,
         )
-    except (ResponseMismatch, UnicodeDecodeError) as err:
+    except ResponseMismatch as err:
         logger.error("Response of %s does not match the schema: %s", request.path, err)
         return web.json_response({"detail": "Internal Server Error"}, status=500)
     return response

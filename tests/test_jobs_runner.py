@@ -308,6 +308,29 @@ async def test_log_offset_returns_exactly_the_stored_bytes(
         assert part == full[offset:]
 
 
+async def test_log_of_any_bytes_is_served_as_stored(
+    client: Client, remote: GitRemote
+) -> None:
+    """Jobs print what they like: invalid UTF-8, and offsets inside a
+    character, come back byte for byte."""
+    remote.commit(
+        {"Makefile": "deploy:\n\t@printf 'caf\\303\\251 \\377\\376 end\\n'\n"}
+    )
+    await register(client)
+    number = int((await deploy(client))["number"])
+    assert (await wait_for_job(client, number))["status"] == "success"
+    response = await client.get(f"{JOBS}/{number}/log", headers=auth_headers())
+    assert response.status == 200
+    full = await response.read()
+    assert b"caf\xc3\xa9 \xff\xfe end\n" in full
+    inside = full.index(b"\xa9")  # the second byte of the e-acute
+    part = await client.get(
+        f"{JOBS}/{number}/log?offset={inside}", headers=auth_headers()
+    )
+    assert part.status == 200
+    assert await part.read() == full[inside:]
+
+
 async def test_follow_streams_output_before_the_job_ends(
     client: Client, remote: GitRemote
 ) -> None:

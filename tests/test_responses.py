@@ -87,6 +87,15 @@ def test_a_body_that_is_not_json_is_a_mismatch(schemas: ResponseSchemas) -> None
         schemas.check("list_jobs", 200, JSON, b"{items: []")
 
 
+def test_a_text_answer_is_checked_by_status_and_content_type_only(
+    schemas: ResponseSchemas,
+) -> None:
+    """A log holds whatever bytes a job printed, valid UTF-8 or not."""
+    schemas.check("retrieve_job_log", 200, "text/plain", b"caf\xc3 \xff\xfe")
+    with pytest.raises(ResponseMismatch, match="'application/json' is not declared"):
+        schemas.check("retrieve_job_log", 200, "application/json", b'"log"')
+
+
 def test_unknown_operation_is_a_mismatch(schemas: ResponseSchemas) -> None:
     with pytest.raises(ResponseMismatch, match="unknown operation"):
         schemas.check("no_such_operation", 200, JSON, b"{}")

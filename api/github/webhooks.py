@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 
 from gidgethub import ValidationFailure, sansio
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import InvalidSignature
 from .models import WebhookEvent
@@ -15,13 +15,20 @@ SIGNATURE_HEADER = "X-Hub-Signature-256"
 _SIGNATURE_RE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
 
+def _case_insensitive(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """aiohttp's headers as they are; any other mapping copied once."""
+    if isinstance(headers, CIMultiDict | CIMultiDictProxy):
+        return headers
+    return CIMultiDict(headers)
+
+
 def signature_digest(headers: Mapping[str, str]) -> str:
     """The hex digest of ``X-Hub-Signature-256``, lower case.
 
     Raises :class:`InvalidSignature` when the header is missing or malformed:
     a delivery can be refused on its headers, before its body is read.
     """
-    signature = CIMultiDict(headers).get(SIGNATURE_HEADER)
+    signature = _case_insensitive(headers).get(SIGNATURE_HEADER)
     if signature is None:
         raise InvalidSignature("signature is missing")
     match = _SIGNATURE_RE.fullmatch(signature.strip())
@@ -39,8 +46,8 @@ def verify_webhook(
     Raises :class:`InvalidSignature` when the header is missing, malformed or
     wrong; never looks at the body otherwise.
     """
-    digest = signature_digest(headers)
-    lookup = CIMultiDict(headers)
+    lookup = _case_insensitive(headers)
+    digest = signature_digest(lookup)
     if not secret:
         raise InvalidSignature("no secret to check the signature with")
     try:
