@@ -12,6 +12,8 @@ from cryptography.fernet import Fernet, InvalidToken
 
 __all__ = ["InvalidToken", "SecretBox", "load_or_create_key"]
 
+CACHE_SIZE = 4096
+
 
 def load_or_create_key(configured: str | None, path: Path) -> bytes:
     """The Fernet key: from the setting, else from ``path``, else generated.
@@ -60,13 +62,27 @@ def _as_fernet_key(value: str) -> bytes:
 
 
 class SecretBox:
-    """Encrypts and decrypts short text values with one key."""
+    """Encrypts and decrypts short text values with one key.
+
+    Decrypted values are kept (the most recent ``CACHE_SIZE``): every push
+    needs its repository's webhook secret and token, and a Fernet decryption
+    costs ~0.1 ms. A ciphertext is never reused for another value (each has
+    its own IV), so a kept value cannot go stale; whoever can read this
+    process's memory could read the key anyway.
+    """
 
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
+        self._plain: dict[str, str] = {}
 
     def encrypt(self, value: str) -> str:
         return self._fernet.encrypt(value.encode()).decode("ascii")
 
     def decrypt(self, token: str) -> str:
-        return self._fernet.decrypt(token.encode("ascii")).decode()
+        value = self._plain.get(token)
+        if value is None:
+            value = self._fernet.decrypt(token.encode("ascii")).decode()
+            if len(self._plain) >= CACHE_SIZE:
+                del self._plain[next(iter(self._plain))]  # the oldest
+            self._plain[token] = value
+        return value

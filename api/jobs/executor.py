@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from api.jobs import environment, git
+from api.jobs.early_fetch import EarlyFetch
 from api.jobs.logs import LogWriter
 from api.jobs.process import Outcome, ProcessResult, run_process
 from api.storage.records import JobKind, JobRecord, JobStatus, RepositoryRecord
@@ -44,6 +45,8 @@ class JobPlan:
     marker: str
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     stop_status: JobStatus = JobStatus.CANCELLED
+    # The job's first step, already running (see api/jobs/early_fetch.py).
+    early_fetch: EarlyFetch | None = None
 
 
 @dataclass(frozen=True)
@@ -162,12 +165,22 @@ class JobExecutor:
     async def _checkout(self) -> None:
         job = self.plan.job
         clone = self.plan.clone_dir
-        for lock in git.remove_stale_locks(clone):
-            self.log.line(f"[hobotnica] removed a stale git lock: {lock.name}")
         ref = None if job.ref == self.plan.repository.branch else job.ref
-        for argv in git.checkout_steps(
+        steps = git.checkout_steps(
             clone, branch=self.plan.repository.branch, ref=ref, sha=job.sha
-        ):
+        )
+        early, self.plan.early_fetch = self.plan.early_fetch, None
+        if early is not None and early.argv != steps[0]:
+            await early.stop()
+            early = None
+        if early is None:
+            for lock in git.remove_stale_locks(clone):
+                self.log.line(f"[hobotnica] removed a stale git lock: {lock.name}")
+        else:
+            for note in early.notes:
+                self.log.line(note)
+            await self._git(steps.pop(0), early=early)
+        for argv in steps:
             await self._git(argv)
 
     async def _clone(self) -> None:
@@ -194,16 +207,23 @@ class JobExecutor:
     @functools.cached_property
     def _git_env(self) -> dict[str, str]:
         """One per job: cleaning PATH stats every entry of it."""
-        return {
-            **git.git_base_env(environment.host_env(self.host_env)),
-            **git.auth_env(self.plan.token),
-            MARKER_NAME: self.plan.marker,
-        }
+        return git_environment(self.host_env, self.plan.token, self.plan.marker)
 
-    async def _git(self, argv: Sequence[str], cwd: Path | None = None) -> None:
+    async def _git(
+        self,
+        argv: Sequence[str],
+        cwd: Path | None = None,
+        early: EarlyFetch | None = None,
+    ) -> None:
         self._tail.clear()
         self._tail_size = 0
-        result = await self._process(argv, self._git_env, cwd=cwd)
+        if early is None:
+            result = await self._process(argv, self._git_env, cwd=cwd)
+        else:
+            self.log.line("$ " + " ".join(argv))
+            if early.pgid is not None:
+                self.on_process(early.pgid)
+            result = await early.join(self._sink, self.plan.cancel)
         if result.outcome is not Outcome.EXITED:
             raise _StepFailed(self._stopped(result, None))
         if result.returncode != 0:
@@ -273,6 +293,17 @@ class JobExecutor:
             else "stopped by a server shutdown"
         )
         return JobResult(status, reason=reason, sha=sha)
+
+
+def git_environment(
+    host_env: Mapping[str, str], token: str, marker: str
+) -> dict[str, str]:
+    """The environment of a job's git commands."""
+    return {
+        **git.git_base_env(environment.host_env(host_env)),
+        **git.auth_env(token),
+        MARKER_NAME: marker,
+    }
 
 
 def _subcommand(argv: Sequence[str]) -> str:

@@ -211,14 +211,28 @@ def remove_stale_locks(repo: Path) -> list[Path]:
     runner's one-job-per-repository rule guarantees it at job start.
     """
     git_dir = repo / ".git"
-    names = ("index.lock", "HEAD.lock", "config.lock", "shallow.lock")
-    candidates = [git_dir / name for name in (*names, "packed-refs.lock")]
-    for folder, _, files in os.walk(git_dir / "refs"):
-        candidates += [Path(folder, name) for name in files if name.endswith(".lock")]
-    removed = [path for path in candidates if path.is_file()]
+    removed: list[Path] = []
+    # In .git itself (index, HEAD, config, shallow, packed-refs, ...), then
+    # anywhere under refs.
+    _find_locks(git_dir, removed, recurse=False)
+    _find_locks(git_dir / "refs", removed, recurse=True)
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
+
+
+def _find_locks(folder: Path, found: list[Path], *, recurse: bool) -> None:
+    """``*.lock`` files in ``folder``: one scandir per folder, no stat."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if recurse:
+                        _find_locks(Path(entry.path), found, recurse=True)
+                elif entry.name.endswith(".lock"):
+                    found.append(Path(entry.path))
+    except (FileNotFoundError, NotADirectoryError):
+        pass
 
 
 def _check_ref(ref: str) -> None:

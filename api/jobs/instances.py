@@ -66,3 +66,16 @@ def is_alive(folder: Path, instance_id: str) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def others_alive(folder: Path, instance_id: str) -> bool:
+    """Whether any process but ``instance_id`` holds its instance lock."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return False
+    return any(
+        is_alive(folder, name.removesuffix(".lock"))
+        for name in names
+        if name.endswith(".lock") and name != f"{instance_id}.lock"
+    )

@@ -202,8 +202,11 @@ class LogWriter:
         secrets: Iterable[str] = (),
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO = path.open("ab", buffering=0)
+        try:
+            self._file: BinaryIO = path.open("ab", buffering=0)
+        except FileNotFoundError:  # the repository's first log
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("ab", buffering=0)
         self._masker = SecretMasker(secrets)
         self._max_bytes = max_bytes
         self._size = self._file.seek(0, 2)  # appending: count what is there

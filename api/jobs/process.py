@@ -387,7 +387,8 @@ class _Pump:
         if self._paused is not None:
             self._paused.cancel()
             self._resume()
-        await asyncio.wait({self.done}, timeout=limit)
+        if not self.done.done():  # a wait costs a round of the loop
+            await asyncio.wait({self.done}, timeout=limit)
         if self.done.done():
             self.done.result()
 

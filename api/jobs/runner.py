@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,16 @@ from aiosqlite import Connection
 from api.background import stop_task
 from api.crypto import SecretBox
 from api.errors import ServiceUnavailable
+from api.jobs.early_fetch import EarlyFetch
 from api.jobs.events import EventType, JobEvent, JobEvents
-from api.jobs.executor import MARKER_NAME, JobExecutor, JobPlan, JobResult
-from api.jobs.instances import InstanceLock, is_alive, new_instance_id
+from api.jobs.executor import (
+    MARKER_NAME,
+    JobExecutor,
+    JobPlan,
+    JobResult,
+    git_environment,
+)
+from api.jobs.instances import InstanceLock, is_alive, new_instance_id, others_alive
 from api.jobs.process import kill_process_group
 from api.settings import Settings
 from api.storage import Storage
@@ -96,6 +103,7 @@ class JobRunner:
         self._loop_task: asyncio.Task[None] | None = None
         self._last_orphan_check = 0.0
         self._background: set[asyncio.Task[None]] = set()
+        self._early: dict[int, EarlyFetch] = {}  # by repository id
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -140,6 +148,8 @@ class JobRunner:
         self.draining = True
         await stop_task(self._loop_task)
         self._loop_task = None
+        for repository_id in list(self._early):
+            await self.drop_early_fetch(repository_id)
         for running in list(self.running.values()):
             running.plan.stop_status = JobStatus.INTERRUPTED
             running.plan.cancel.set()
@@ -220,6 +230,59 @@ class JobRunner:
         # on to shape its answer.
         await asyncio.sleep(0)
 
+    # -- a push's fetch ahead of its job (api/jobs/early_fetch.py) ----------
+
+    def fetch_early(self, repository: RepositoryRecord, sha: str) -> EarlyFetch | None:
+        """Start the fetch of a push to the tracked branch before its job is
+        recorded, if nothing else can be using the clone: the repository is
+        ready, no job of it runs here, there is room for its job, and no
+        other instance is alive (each claims jobs on its own)."""
+        if (
+            self.draining
+            or self._loop_task is None
+            or repository.status is not RepositoryStatus.READY
+            or repository.id in self._early
+            or len(self.running) + self._reserved >= self.settings.max_jobs
+            or any(r.plan.repository.id == repository.id for r in self.running.values())
+        ):
+            return None
+        clone = clone_dir(self.settings, repository.id)
+        if not (clone / ".git").is_dir() or others_alive(
+            self.settings.instances_dir, self.instance_id
+        ):
+            return None
+        try:
+            early = EarlyFetch.start(
+                repository_id=repository.id,
+                clone=clone,
+                branch=repository.branch,
+                sha=sha,
+                env=git_environment(
+                    self.host_env,
+                    self.box.decrypt(repository.token_encrypted),
+                    early_fetch_marker(self.instance_id, repository.id),
+                ),
+                timeout=self.settings.job_timeout,
+                kill_grace=self.settings.kill_grace,
+            )
+        except (OSError, ValueError) as err:
+            # The job's own first step will meet (and report) the same.
+            logger.info("No early fetch for %s: %s", repository.full_name, err)
+            return None
+        self._early[repository.id] = early
+        return early
+
+    async def discard_early_fetch(self, early: EarlyFetch) -> None:
+        """Stop ``early`` unless a job has adopted it."""
+        if self._early.get(early.repository_id) is early:
+            await self.drop_early_fetch(early.repository_id)
+
+    async def drop_early_fetch(self, repository_id: int) -> None:
+        """Stop a repository's early fetch that no job has adopted."""
+        early = self._early.pop(repository_id, None)
+        if early is not None:
+            await early.stop()
+
     async def cancel(
         self, repository: RepositoryRecord, job: JobRecord
     ) -> JobRecord | None:
@@ -237,6 +300,7 @@ class JobRunner:
 
     async def stop_repository_jobs(self, repository: RepositoryRecord) -> None:
         """Cancel every active job of a repository and wait for local ones."""
+        await self.drop_early_fetch(repository.id)
         for job in await self.storage.jobs.active_of_repository(repository.id):
             await self.cancel(repository, job)
         tasks = [
@@ -318,6 +382,11 @@ class JobRunner:
                 )
                 return
             plan = await self._plan(job, repository)
+            early = self._early.get(job.repository_id)
+            if early is not None and early.serves(job):
+                plan.early_fetch = self._early.pop(job.repository_id)
+            else:  # nothing else may run git beside the job
+                await self.drop_early_fetch(job.repository_id)
         except Exception:
             logger.exception("Cannot prepare job #%s", job.number)
             if repository is not None:
@@ -408,6 +477,8 @@ class JobRunner:
             )
             result = JobResult(JobStatus.ERROR, reason="internal error")
         finally:
+            if plan.early_fetch is not None:  # the job ended before adopting it
+                await plan.early_fetch.stop()
             del self.running[job.id]
             running.output.set()
             self._update_starts()
@@ -489,7 +560,11 @@ class JobRunner:
                 continue
             if job.runner and is_alive(self.settings.instances_dir, job.runner):
                 continue
-            if job.pgid and _is_job_group(job.pgid, job_marker(job)):
+            markers = (
+                job_marker(job),
+                early_fetch_marker(job.runner, job.repository_id),
+            )
+            if job.pgid and _is_job_group(job.pgid, markers):
                 kill_process_group(job.pgid, signal.SIGKILL)
             repository = await self.storage.repositories.get_by_id(job.repository_id)
             if repository is None:
@@ -516,10 +591,17 @@ def job_marker(job: JobRecord) -> str:
     return f"{job.runner}/{job.id}"
 
 
-def _is_job_group(pgid: int, marker: str) -> bool:
+def early_fetch_marker(runner: str | None, repository_id: int) -> str:
+    """The ``MARKER_NAME`` value of a fetch started before its job existed
+    (the job records its process group when it adopts it)."""
+    return f"{runner}/early-{repository_id}"
+
+
+def _is_job_group(pgid: int, markers: Sequence[str]) -> bool:
     """Check that the process group still runs this job before killing it."""
     try:
         environ = Path(f"/proc/{pgid}/environ").read_bytes()
     except OSError:
         return False
-    return f"{MARKER_NAME}={marker}".encode() in environ.split(b"\0")
+    variables = environ.split(b"\0")
+    return any(f"{MARKER_NAME}={marker}".encode() in variables for marker in markers)

@@ -124,6 +124,9 @@ class StatusReporter:
         # commit, once its commit is known), then the result.
         if event.type not in (EventType.QUEUED, EventType.RESOLVED, EventType.FINISHED):
             return
+        if self.give_way is not None:
+            # Events wait in order: the statuses of a commit keep their order.
+            await self.give_way()
         try:
             await self.storage.outbox.add_now(
                 job_id=job.id,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -38,11 +37,6 @@ class Intake:
     detail: str | None = None
 
 
-@functools.lru_cache(maxsize=4096)
-def _secret(box: SecretBox, encrypted: str) -> str:
-    return box.decrypt(encrypted)
-
-
 async def receive(
     storage: Storage,
     box: SecretBox,
@@ -62,7 +56,7 @@ async def receive(
     except InvalidSignature:
         raise Unauthorized("Invalid signature") from None
     body = await read_body()
-    secret = _secret(box, repository.webhook_secret_encrypted)
+    secret = box.decrypt(repository.webhook_secret_encrypted)
     try:
         event = await _run(body, verify_webhook, headers, body, secret)
     except InvalidSignature:
@@ -80,14 +74,19 @@ async def receive(
     if push.branch != repository.branch or push.removes_branch:
         await _record(storage, repository, event.delivery_id, event.event, IGNORED)
         return Intake(202, repository, detail=IGNORED)
-    return await _queue_test(
-        storage=storage,
-        runner=runner,
-        repository=repository,
-        delivery_id=event.delivery_id,
-        sha=push.after,
-        sender=push.sender,
-    )
+    early = runner.fetch_early(repository, push.after)
+    try:
+        return await _queue_test(
+            storage=storage,
+            runner=runner,
+            repository=repository,
+            delivery_id=event.delivery_id,
+            sha=push.after,
+            sender=push.sender,
+        )
+    finally:
+        if early is not None:  # adopted by the push's job, or stopped here
+            await runner.discard_early_fetch(early)
 
 
 async def _run(
