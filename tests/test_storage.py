@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -205,3 +207,45 @@ def test_the_built_wheel_ships_the_schema_and_migrations(tmp_path: Path) -> None
         assert archive.read("api/openapi.yaml") == (ROOT / "openapi.yaml").read_bytes()
         assert "api/storage/migrations/0001_initial.sql" in names
         assert any(name.endswith("entry_points.txt") for name in names)
+
+
+async def test_reads_on_the_loop_see_commits_and_never_wait_for_a_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fetch_one_now`` reads without aiosqlite's thread; a read that would
+    have to wait for a lock goes to the thread instead (which may wait)."""
+    storage = Storage(tmp_path / "db.sqlite3")
+    await storage.open()
+    through_thread: list[str] = []
+    fetch_one = storage.db.fetch_one
+
+    async def recording(sql: str, params: Sequence[object] = ()) -> object:
+        through_thread.append(sql)
+        return await fetch_one(sql, params)
+
+    monkeypatch.setattr(storage.db, "fetch_one", recording)
+    assert await storage.repositories.get_by_webhook_uid("uid-hello") is None
+    repository_id = await add_repository(storage, "hello")
+    found = await storage.repositories.get_by_webhook_uid("uid-hello")
+    assert found is not None and found.id == repository_id
+    assert through_thread == []
+
+    class LockedReader:
+        def __init__(self, code: int) -> None:
+            self.code = code
+
+        def execute(self, sql: str, params: object) -> None:
+            error = sqlite3.OperationalError("database is locked")
+            error.sqlite_errorcode = self.code
+            raise error
+
+    monkeypatch.setattr(storage.db, "_reader", LockedReader(sqlite3.SQLITE_BUSY))
+    found = await storage.repositories.get_by_webhook_uid("uid-hello")
+    assert found is not None and found.id == repository_id
+    assert len(through_thread) == 1
+    # Any other error is an error.
+    monkeypatch.setattr(storage.db, "_reader", LockedReader(sqlite3.SQLITE_IOERR))
+    with pytest.raises(sqlite3.OperationalError):
+        await storage.repositories.get_by_webhook_uid("uid-hello")
+    monkeypatch.undo()
+    await storage.close()

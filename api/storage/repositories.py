@@ -75,7 +75,8 @@ class RepositoryStore:
         return None if row is None else RepositoryRecord.from_row(row)
 
     async def get_by_webhook_uid(self, uid: str) -> RepositoryRecord | None:
-        row = await self.db.fetch_one(
+        # Every delivery starts here: no thread hop.
+        row = await self.db.fetch_one_now(
             "SELECT * FROM repositories WHERE webhook_uid = ?", (uid,)
         )
         return None if row is None else RepositoryRecord.from_row(row)
