@@ -248,9 +248,10 @@ async def _stop_group(child: _Child, grace: float) -> None:
         await asyncio.wait({child.exited}, timeout=grace)
         if child.returncode is not None:  # leader reaped: wait for the rest
             await _wait_group_gone(pgid, deadline)
-    kill_process_group(pgid, signal.SIGKILL)
+    members = kill_process_group(pgid, signal.SIGKILL)
     await asyncio.shield(child.exited)
-    if is_subreaper():
+    # An empty group (the usual end) has no zombies to reap either.
+    if members and is_subreaper():
         await _wait_group_gone(pgid, time.monotonic() + REAP_TIMEOUT)
 
 
