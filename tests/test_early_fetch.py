@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from api.jobs import executor, process
+from api.jobs import early_fetch, executor, process
 from api.jobs.early_fetch import EarlyFetch
 from api.jobs.instances import InstanceLock, others_alive
 from api.jobs.process import Outcome
@@ -283,3 +283,37 @@ async def test_stopping_an_unadopted_fetch_leaves_no_process(
     assert early_processes(marker)
     await asyncio.wait_for(early.stop(), 10)
     assert early_processes(marker) == []
+
+
+async def test_output_before_adoption_is_kept_up_to_a_bound(
+    tmp_path: Path, remote: GitRemote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(remote.bare), str(clone))
+    outputs = []
+    for bound in (early_fetch.MAX_BUFFERED, 8):
+        monkeypatch.setattr(early_fetch, "MAX_BUFFERED", bound)
+        sha = remote.commit({"n": str(bound)})
+        early = EarlyFetch.start(
+            repository_id=1,
+            clone=clone,
+            branch="main",
+            sha=sha,
+            env=dict(os.environ),
+            timeout=60,
+            kill_grace=1.0,
+        )
+        tracking = ["-C", str(clone), "rev-parse", "refs/remotes/origin/main"]
+        for _ in range(500):  # the fetch has printed and updated the ref
+            if git(*tracking) == sha:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        output = bytearray()
+        result = await early.join(output.extend, asyncio.Event())
+        assert (result.outcome, result.returncode) == (Outcome.EXITED, 0)
+        outputs.append(bytes(output))
+    kept, bounded = outputs
+    assert b"From " in kept and b"dropped" not in kept
+    assert b"From " not in bounded
+    assert bounded.endswith(b" bytes of output dropped\n")

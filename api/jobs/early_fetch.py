@@ -52,6 +52,7 @@ class EarlyFetch:
         self._stop = asyncio.Event()
         self._buffered: list[bytes] = []
         self._room = MAX_BUFFERED
+        self._dropped = 0
         self._sink: Callable[[bytes], None] | None = None
         self._task: asyncio.Task[ProcessResult] | None = None
         # Its process group, once started (recorded by the adopting job).
@@ -117,6 +118,8 @@ class EarlyFetch:
         buffered, self._buffered = self._buffered, []
         for chunk in buffered:
             sink(chunk)
+        if self._dropped:
+            sink(f"\n[hobotnica] {self._dropped} bytes of output dropped\n".encode())
         if not self._task.done():
             cancelled = asyncio.ensure_future(cancel.wait())
             try:
@@ -149,6 +152,8 @@ class EarlyFetch:
         elif len(chunk) <= self._room:
             self._buffered.append(chunk)
             self._room -= len(chunk)
+        else:
+            self._dropped += len(chunk)
 
 
 def _retrieve(task: asyncio.Task[ProcessResult]) -> None:
