@@ -480,7 +480,6 @@ def _job(**changes: Any) -> JobRecord:
         started_at=None,
         finished_at=None,
         runner=None,
-        pgid=None,
         cancel_requested=False,
     )
     return replace(base, **changes)

@@ -55,8 +55,6 @@ class EarlyFetch:
         self._dropped = 0
         self._sink: Callable[[bytes], None] | None = None
         self._task: asyncio.Task[ProcessResult] | None = None
-        # Its process group, once started (recorded by the adopting job).
-        self.pgid: int | None = None
 
     @classmethod
     def start(
@@ -93,7 +91,6 @@ class EarlyFetch:
                 timeout=timeout,
                 cancel=fetch._stop,
                 kill_grace=kill_grace,
-                on_start=fetch._started,
             )
         )
         fetch._task.add_done_callback(_retrieve)
@@ -142,9 +139,6 @@ class EarlyFetch:
         self._stop.set()
         with contextlib.suppress(Exception):
             await asyncio.shield(self._task)
-
-    def _started(self, pgid: int) -> None:
-        self.pgid = pgid
 
     def _receive(self, chunk: bytes) -> None:
         if self._sink is not None:

@@ -72,14 +72,12 @@ class JobExecutor:
         plan: JobPlan,
         *,
         host_env: Mapping[str, str],
-        on_process: Callable[[int], None],
         on_sha: Callable[[str], None],
         on_output: Callable[[], None],
         on_make: Callable[[], None] = lambda: None,
     ) -> None:
         self.plan = plan
         self.host_env = host_env
-        self.on_process = on_process
         self.on_make = on_make
         self.on_sha = on_sha
         self.on_output = on_output
@@ -156,7 +154,9 @@ class JobExecutor:
             layers=self.plan.env_layers,
         )
         env[MARKER_NAME] = self.plan.marker
-        result = await self._process(["make", target], env, on_start=self._make_started)
+        result = await self._process(
+            ["make", target], env, on_start=lambda _pgid: self.on_make()
+        )
         if result.outcome is not Outcome.EXITED:
             return self._stopped(result, sha)
         status = JobStatus.SUCCESS if result.returncode == 0 else JobStatus.FAILED
@@ -221,8 +221,6 @@ class JobExecutor:
             result = await self._process(argv, self._git_env, cwd=cwd)
         else:
             self.log.line("$ " + " ".join(argv))
-            if early.pgid is not None:
-                self.on_process(early.pgid)
             result = await early.join(self._sink, self.plan.cancel)
         if result.outcome is not Outcome.EXITED:
             raise _StepFailed(self._stopped(result, None))
@@ -259,17 +257,13 @@ class JobExecutor:
                 timeout=remaining,
                 cancel=self.plan.cancel,
                 kill_grace=self.plan.kill_grace,
-                on_start=on_start or self.on_process,
+                on_start=on_start,
             )
         except FileNotFoundError as err:
             missing = argv[0] if err.filename in (None, argv[0]) else err.filename
             raise _StepFailed(
                 JobResult(JobStatus.ERROR, reason=f"cannot run {missing}: not found")
             ) from None
-
-    def _make_started(self, pgid: int) -> None:
-        self.on_process(pgid)
-        self.on_make()
 
     def _sink(self, chunk: bytes) -> None:
         self.log.write(chunk)

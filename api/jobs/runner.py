@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,16 @@ from aiosqlite import Connection
 from api.background import stop_task
 from api.crypto import SecretBox
 from api.errors import ServiceUnavailable
+from api.jobs import leftovers
 from api.jobs.early_fetch import EarlyFetch
 from api.jobs.events import EventType, JobEvent, JobEvents
 from api.jobs.executor import (
-    MARKER_NAME,
     JobExecutor,
     JobPlan,
     JobResult,
     git_environment,
 )
 from api.jobs.instances import InstanceLock, is_alive, new_instance_id, others_alive
-from api.jobs.process import kill_process_group
 from api.settings import Settings
 from api.storage import Storage
 from api.storage.records import (
@@ -440,10 +438,6 @@ class JobRunner:
         plan = running.plan
         job = plan.job
 
-        def on_process(pgid: int) -> None:
-            record = self.storage.jobs.record_pgid(job.id, pgid)
-            self._spawn(self._store(job.id, record))
-
         def on_sha(sha: str) -> None:
             if sha == job.sha:
                 return
@@ -465,7 +459,6 @@ class JobRunner:
             executor = JobExecutor(
                 plan,
                 host_env=self.host_env,
-                on_process=on_process,
                 on_sha=on_sha,
                 on_output=on_output,
                 on_make=on_make,
@@ -555,17 +548,16 @@ class JobRunner:
     async def recover_orphans(self) -> int:
         """Mark ``interrupted`` the running jobs of processes that died."""
         count = 0
+        dead: set[str] = set()
         for job in await self.storage.jobs.running():
             if job.runner == self.instance_id:
                 continue
             if job.runner and is_alive(self.settings.instances_dir, job.runner):
                 continue
-            markers = (
-                job_marker(job),
-                early_fetch_marker(job.runner, job.repository_id),
-            )
-            if job.pgid and _is_job_group(job.pgid, markers):
-                kill_process_group(job.pgid, signal.SIGKILL)
+            if job.runner and job.runner not in dead:
+                dead.add(job.runner)
+                # Its git or make would otherwise go on in the clone.
+                await asyncio.to_thread(leftovers.kill_marked, f"{job.runner}/")
             repository = await self.storage.repositories.get_by_id(job.repository_id)
             if repository is None:
                 continue
@@ -591,17 +583,6 @@ def job_marker(job: JobRecord) -> str:
     return f"{job.runner}/{job.id}"
 
 
-def early_fetch_marker(runner: str | None, repository_id: int) -> str:
-    """The ``MARKER_NAME`` value of a fetch started before its job existed
-    (the job records its process group when it adopts it)."""
+def early_fetch_marker(runner: str, repository_id: int) -> str:
+    """The ``MARKER_NAME`` value of a fetch started before its job existed."""
     return f"{runner}/early-{repository_id}"
-
-
-def _is_job_group(pgid: int, markers: Sequence[str]) -> bool:
-    """Check that the process group still runs this job before killing it."""
-    try:
-        environ = Path(f"/proc/{pgid}/environ").read_bytes()
-    except OSError:
-        return False
-    variables = environ.split(b"\0")
-    return any(f"{MARKER_NAME}={marker}".encode() in variables for marker in markers)

@@ -132,12 +132,6 @@ class JobStore:
         )
         return value is not None
 
-    async def record_pgid(self, job_id: int, pgid: int) -> None:
-        """A statement of its own: one trip per process a job starts."""
-        await self.db.execute_write(
-            "UPDATE jobs SET pgid = ? WHERE id = ?", (pgid, job_id)
-        )
-
     async def record_sha(self, job_id: int, sha: str) -> None:
         await self.db.execute_write(
             "UPDATE jobs SET sha = ? WHERE id = ?", (sha, job_id)
@@ -158,7 +152,7 @@ class JobStore:
         return await _one(
             conn,
             "UPDATE jobs SET status = ?, exit_code = ?, reason = ?,"
-            " finished_at = ?, pgid = NULL, sha = COALESCE(?, sha)"
+            " finished_at = ?, sha = COALESCE(?, sha)"
             " WHERE id = ? AND status IN (?, ?) RETURNING *",
             (status, exit_code, reason, time.time(), sha, job_id, *ACTIVE),
         )

@@ -80,6 +80,11 @@ class RepositoryRecord:
 
 @dataclass(frozen=True)
 class JobRecord:
+    """A row of ``jobs``. Its ``pgid`` column is no longer used: a dead
+    instance's processes are found by the marker in their environment
+    (api/jobs/leftovers.py); it stays for the previous version, which may
+    share the database during a switch."""
+
     id: int
     repository_id: int
     number: int
@@ -94,7 +99,6 @@ class JobRecord:
     started_at: float | None
     finished_at: float | None
     runner: str | None
-    pgid: int | None
     cancel_requested: bool
 
     @property
@@ -122,7 +126,6 @@ class JobRecord:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             runner=row["runner"],
-            pgid=row["pgid"],
             cancel_requested=bool(row["cancel_requested"]),
         )
 
