@@ -402,6 +402,7 @@ class Server:
         *,
         name: str = "var",
         python: str | None = None,
+        source: Path | None = None,
     ) -> None:
         self.root = root
         self.data_dir = root / name
@@ -414,6 +415,7 @@ class Server:
                 **(env or {}),
             },
             python=python,
+            source=source,
         )
         self.http = Http(self.process.port)
 

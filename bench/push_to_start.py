@@ -15,10 +15,15 @@ script) to that stamp. Subjects, run side by side in rotating order:
 
 Push-to-finish: floor and peer, the script's last line (after make);
 Hobotnica, the job's ``finished_at`` (after its result is recorded).
+
+``--compare DIR`` adds a fourth subject, ``compared``: the server of another
+checkout (say, the previous commit in a ``git worktree``), pushed to in the
+same rounds, for a before/after that the VM's changing speed cannot skew.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -78,6 +83,7 @@ make test
 date +%s.%N > "$clone.finish"
 """
 PEER_SECRET = "peer-webhook-secret-0123456789"
+COMPARED = "compared"
 
 Result = tuple[float, float]  # push-to-start, push-to-finish (s)
 
@@ -201,17 +207,20 @@ def clear_stamps(clone: Path) -> tuple[Path, Path]:
     return stamps
 
 
-def run(pushes: int, warmup: int, keep: bool) -> dict[str, tuple[Summary, Summary]]:
+def run(
+    pushes: int, warmup: int, keep: bool, compare: Path | None = None
+) -> dict[str, tuple[Summary, Summary]]:
     with work_dir("push-to-start", keep) as root:
         script = root / "ci.sh"
         script.write_text(SCRIPT)
         script.chmod(0o755)
-        repos = [f"{OWNER}/pts"]
-        with (
-            FakeGitHubProcess(repos, root / "fake-github.log") as github,
-            Server(root, github.url) as server,
-            PeerWebhook(root, [Peer.hook(root, script)]) as hooks,
-        ):
+        repos = [f"{OWNER}/pts", f"{OWNER}/other"]
+        with contextlib.ExitStack() as stack:
+            github = stack.enter_context(
+                FakeGitHubProcess(repos, root / "fake-github.log")
+            )
+            server = stack.enter_context(Server(root, github.url))
+            hooks = stack.enter_context(PeerWebhook(root, [Peer.hook(root, script)]))
             subjects: dict[str, Callable[[int], Result]] = {}
             for subject in (
                 Floor(root, script),
@@ -219,6 +228,14 @@ def run(pushes: int, warmup: int, keep: bool) -> dict[str, tuple[Summary, Summar
                 Hobotnica(root, server),
             ):
                 subjects[subject.name] = subject.push
+            if compare is not None:
+                # Another checkout of Hobotnica, pushed to in the same rounds.
+                other = stack.enter_context(
+                    Server(root, github.url, name="var-compare", source=compare)
+                )
+                subjects[COMPARED] = Hobotnica(
+                    root, other, name=COMPARED, repo="other"
+                ).push
             results: dict[str, list[Result]] = {name: [] for name in subjects}
             for round_number in range(warmup + pushes):
                 for name in rotate(list(subjects), round_number):
@@ -264,9 +281,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = base_parser("bench.push_to_start", __doc__.split("\n\n")[0])
     parser.add_argument("--pushes", type=int, default=30, help="measured pushes (30)")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured first (3)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help=f"also run the server of this checkout ('{COMPARED}'), same rounds",
+    )
     args = parser.parse_args(argv)
     use_source(args.source)
-    report(run(args.pushes, args.warmup, args.keep), args.pushes)
+    report(run(args.pushes, args.warmup, args.keep, args.compare), args.pushes)
 
 
 if __name__ == "__main__":

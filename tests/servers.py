@@ -44,8 +44,11 @@ class ServerProcess:
         drop_root_override: bool = False,
         inherit_env: bool = True,
         python: str | None = None,
+        source: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
+        # The checkout to run (``python -m api`` from there); ROOT by default.
+        self.source = source
         self.python = python or sys.executable
         self.port = port or free_port()
         base = dict(os.environ) if inherit_env else {}
@@ -87,7 +90,7 @@ class ServerProcess:
                 "--port",
                 str(self.port),
             ],
-            cwd=ROOT,
+            cwd=self.source or ROOT,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
