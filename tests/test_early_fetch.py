@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from api.jobs import early_fetch, executor, process
+from api.jobs import executor, process, started
 from api.jobs.early_fetch import EarlyFetch
 from api.jobs.instances import InstanceLock, others_alive
 from api.jobs.process import Outcome
@@ -41,15 +41,15 @@ JOBS = "/api/repositories/octocat/hello/jobs"
 @pytest.fixture
 def job_fetches(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """The git fetches jobs start themselves (not adopted early ones)."""
-    started: list[list[str]] = []
+    recorded: list[list[str]] = []
 
     async def recording(argv: list[str], **kwargs: Any) -> Any:
         if "fetch" in argv:
-            started.append(list(argv))
+            recorded.append(list(argv))
         return await process.run_process(argv, **kwargs)
 
     monkeypatch.setattr(executor, "run_process", recording)
-    return started
+    return recorded
 
 
 @pytest.fixture
@@ -245,7 +245,7 @@ def hanging_clone(tmp_path: Path, remote: GitRemote) -> Path:
 
 
 def start_hanging(clone: Path, remote: GitRemote, marker: str) -> EarlyFetch:
-    return EarlyFetch.start(
+    return EarlyFetch.begin(
         repository_id=1,
         clone=clone,
         branch="main",
@@ -291,10 +291,10 @@ async def test_output_before_adoption_is_kept_up_to_a_bound(
     clone = tmp_path / "clone"
     git("clone", "-q", str(remote.bare), str(clone))
     outputs = []
-    for bound in (early_fetch.MAX_BUFFERED, 8):
-        monkeypatch.setattr(early_fetch, "MAX_BUFFERED", bound)
+    for bound in (started.MAX_BUFFERED, 8):
+        monkeypatch.setattr(started, "MAX_BUFFERED", bound)
         sha = remote.commit({"n": str(bound)})
-        early = EarlyFetch.start(
+        early = EarlyFetch.begin(
             repository_id=1,
             clone=clone,
             branch="main",
@@ -317,3 +317,36 @@ async def test_output_before_adoption_is_kept_up_to_a_bound(
     assert b"From " in kept and b"dropped" not in kept
     assert b"From " not in bounded
     assert bounded.endswith(b" bytes of output dropped\n")
+
+
+async def test_the_clean_runs_beside_the_fetch(
+    client: Client, remote: GitRemote, tmp_path: Path
+) -> None:
+    """While a (slow) fetch runs, the work tree is already being cleaned;
+    the log shows the fetch, then the clean, then the checkout."""
+    webhook = (await register(client))["webhook"]
+    await wait_for_job(client, 1)
+    stored = await client.app[STORAGE].repositories.get("octocat", "hello")
+    assert stored is not None
+    clone = client.app[RUNNER].settings.data_dir / "clones" / str(stored.id)
+    release = tmp_path / "release"
+    upload_pack = f"while [ ! -e {release} ]; do sleep 0.02; done; git-upload-pack"
+    git("-C", str(clone), "config", "remote.origin.uploadpack", upload_pack)
+    leftover = clone / "build-output.o"
+    leftover.write_text("from the last job")
+    sha = remote.commit({"README": "beside"})
+    status, answer = await send_push(client, webhook, sha)
+    assert status == 202
+    for _ in range(500):
+        if not leftover.exists():
+            break
+        await asyncio.sleep(0.02)
+    assert not leftover.exists()  # cleaned while the fetch still waits
+    release.touch()
+    job = await wait_for_job(client, int(answer["number"]))
+    assert job["status"] == "success", job
+    log = await log_of(client, job["number"])
+    steps = [line for line in log.splitlines() if line.startswith("$ ")]
+    assert [step.split()[4] for step in steps[:3]] == ["fetch", "clean", "checkout"]
+    assert "Removing build-output.o" in log
+    assert log.index("Removing build-output.o") > log.index(steps[1])

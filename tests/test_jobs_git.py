@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
@@ -72,7 +72,9 @@ def env(tmp_path: Path) -> dict[str, str]:
     return git_base_env(base) | auth_env(TOKEN)
 
 
-async def run_steps(steps: list[list[str]], env: Mapping[str, str], cwd: Path) -> str:
+async def run_steps(
+    steps: Iterable[list[str]], env: Mapping[str, str], cwd: Path
+) -> str:
     output = bytearray()
     for argv in steps:
         result = await run_process(
@@ -162,7 +164,7 @@ async def test_checkout_ref(
 
 async def test_checkout_missing_ref_fails(clone: Path, env: dict[str, str]) -> None:
     output = bytearray()
-    fetch = checkout_steps(clone, branch=None, ref="nope", sha=None)[0]
+    fetch = checkout_steps(clone, branch=None, ref="nope", sha=None).fetch
     result = await run_process(
         fetch, cwd=clone, env=env, sink=output.extend, timeout=30
     )
@@ -212,11 +214,10 @@ async def test_token_never_in_argv_or_repository(
 def test_steps_guard_user_values(tmp_path: Path) -> None:
     sha = "a" * 40
     steps = checkout_steps(tmp_path, branch="main", ref="v1", sha=sha)
-    fetches = [s for s in steps if "fetch" in s]
-    assert [s[-3:] for s in fetches] == [["--", "v1", sha]]
-    checkout = next(s for s in steps if "checkout" in s)
-    assert checkout[-2:] == [f"{sha}^{{commit}}", "--"]
-    assert steps[-1][-2:] == ["clean", "-ffdx"]
+    assert steps.fetch[-3:] == ["--", "v1", sha]
+    assert steps.checkout[-2:] == [f"{sha}^{{commit}}", "--"]
+    assert steps.clean[-2:] == ["clean", "-ffdx"]
+    assert list(steps) == [steps.fetch, steps.clean, steps.checkout]
     clone = clone_steps("file:///x.git", tmp_path / "d", "main")[0]
     assert clone[-4:] == ["--branch=main", "--", "file:///x.git", str(tmp_path / "d")]
 

@@ -17,6 +17,7 @@ from api.jobs import environment, git
 from api.jobs.early_fetch import EarlyFetch
 from api.jobs.logs import LogWriter
 from api.jobs.process import Outcome, ProcessResult, run_process
+from api.jobs.started import StartedProcess
 from api.storage.records import JobKind, JobRecord, JobStatus, RepositoryRecord
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class JobExecutor:
             clone, branch=self.plan.repository.branch, ref=ref, sha=job.sha
         )
         early, self.plan.early_fetch = self.plan.early_fetch, None
-        if early is not None and early.argv != steps[0]:
+        if early is not None and early.argv != steps.fetch:
             await early.stop()
             early = None
         if early is None:
@@ -179,9 +180,21 @@ class JobExecutor:
         else:
             for note in early.notes:
                 self.log.line(note)
-            await self._git(steps.pop(0), early=early)
-        for argv in steps:
-            await self._git(argv)
+        # The clean runs beside the fetch (see git.CheckoutSteps); its part
+        # of the log comes after the fetch's.
+        cleaning = StartedProcess(steps.clean)
+        cleaning.start(
+            cwd=clone,
+            env=self._git_env,
+            timeout=max(self._remaining(), 0.0),
+            kill_grace=self.plan.kill_grace,
+        )
+        try:
+            await self._git(steps.fetch, started=early)
+            await self._git(steps.clean, started=cleaning)
+        finally:
+            await cleaning.stop()  # after a failed fetch; else a no-op
+        await self._git(steps.checkout)
 
     async def _clone(self) -> None:
         target = self.plan.clone_dir
@@ -213,15 +226,20 @@ class JobExecutor:
         self,
         argv: Sequence[str],
         cwd: Path | None = None,
-        early: EarlyFetch | None = None,
+        started: StartedProcess | None = None,
     ) -> None:
+        """Run a git step (or adopt its ``started`` process); a failure is
+        a ``_StepFailed`` with the reason."""
         self._tail.clear()
         self._tail_size = 0
-        if early is None:
+        if started is None:
             result = await self._process(argv, self._git_env, cwd=cwd)
         else:
             self.log.line("$ " + " ".join(argv))
-            result = await early.join(self._sink, self.plan.cancel)
+            try:
+                result = await started.join(self._sink, self.plan.cancel)
+            except FileNotFoundError as err:
+                raise _not_found(argv, err) from None
         if result.outcome is not Outcome.EXITED:
             raise _StepFailed(self._stopped(result, None))
         if result.returncode != 0:
@@ -244,7 +262,7 @@ class JobExecutor:
         cwd: Path | None = None,
         on_start: Callable[[int], None] | None = None,
     ) -> ProcessResult:
-        remaining = self.plan.timeout - (time.monotonic() - self.started)
+        remaining = self._remaining()
         if remaining <= 0:
             return ProcessResult(Outcome.TIMED_OUT, None, 0.0)
         self.log.line("$ " + " ".join(argv))
@@ -260,10 +278,11 @@ class JobExecutor:
                 on_start=on_start,
             )
         except FileNotFoundError as err:
-            missing = argv[0] if err.filename in (None, argv[0]) else err.filename
-            raise _StepFailed(
-                JobResult(JobStatus.ERROR, reason=f"cannot run {missing}: not found")
-            ) from None
+            raise _not_found(argv, err) from None
+
+    def _remaining(self) -> float:
+        """Seconds left of the job's timeout."""
+        return self.plan.timeout - (time.monotonic() - self.started)
 
     def _sink(self, chunk: bytes) -> None:
         self.log.write(chunk)
@@ -298,6 +317,13 @@ def git_environment(
         **git.auth_env(token),
         MARKER_NAME: marker,
     }
+
+
+def _not_found(argv: Sequence[str], err: FileNotFoundError) -> _StepFailed:
+    missing = argv[0] if err.filename in (None, argv[0]) else err.filename
+    return _StepFailed(
+        JobResult(JobStatus.ERROR, reason=f"cannot run {missing}: not found")
+    )
 
 
 def _subcommand(argv: Sequence[str]) -> str:

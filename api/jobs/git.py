@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from api.jobs.process import run_process
@@ -132,9 +133,29 @@ def clone_steps(url: str, dest: Path, branch: str) -> list[list[str]]:
     ]
 
 
+@dataclass(frozen=True)
+class CheckoutSteps:
+    """The commands that bring a clone to a commit.
+
+    ``fetch`` writes only under ``.git`` and ``clean`` only in the work tree,
+    so the two may run at the same time; ``checkout`` needs both done. The
+    tree is the same as with ``clean`` after ``checkout``: ``checkout
+    --force`` writes the commit's tracked files and removes the old commit's,
+    ``clean -ffdx`` removes everything that is not tracked.
+    """
+
+    fetch: list[str]
+    clean: list[str]
+    checkout: list[str]
+
+    def __iter__(self) -> Iterator[list[str]]:
+        """One after the other, for a caller that runs them in turn."""
+        return iter((self.fetch, self.clean, self.checkout))
+
+
 def checkout_steps(
     repo: Path, *, branch: str | None, ref: str | None, sha: str | None
-) -> list[list[str]]:
+) -> CheckoutSteps:
     """Fetch what is needed and rewind the working tree to it.
 
     - ``sha`` (with or without ``branch``/``ref``): one fetch of the branch
@@ -144,8 +165,8 @@ def checkout_steps(
     - ``ref`` (branch, tag or full ref name): fetched into ``FETCH_HEAD``.
     - ``branch``: fetched into ``refs/remotes/origin/<branch>``.
 
-    Then a forced detached checkout and ``git clean -ffdx`` (untracked and
-    ignored files, nested repositories too).
+    ``git clean -ffdx`` (untracked and ignored files, nested repositories
+    too) and a forced detached checkout make the work tree the commit's.
     """
     git = ["git", "-C", str(repo)]
     fetch = [*git, "fetch", "--force", "--no-recurse-submodules", REMOTE, "--"]
@@ -167,13 +188,19 @@ def checkout_steps(
         target = sha
     if target is None:
         raise ValueError("checkout needs a branch, a ref or a sha")
-    steps = [[*fetch, *refspecs]]
-    # ``--`` after the commit: it is a revision, never a path.
-    steps.append(
-        [*git, "checkout", "--force", "--detach", f"{target}^{{commit}}", "--"]
+    return CheckoutSteps(
+        fetch=[*fetch, *refspecs],
+        clean=[*git, "clean", "-ffdx"],
+        # ``--`` after the commit: it is a revision, never a path.
+        checkout=[
+            *git,
+            "checkout",
+            "--force",
+            "--detach",
+            f"{target}^{{commit}}",
+            "--",
+        ],
     )
-    steps.append([*git, "clean", "-ffdx"])
-    return steps
 
 
 async def rev_parse(repo: Path, rev: str, env: Mapping[str, str]) -> str | None:

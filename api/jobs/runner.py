@@ -250,7 +250,7 @@ class JobRunner:
         ):
             return None
         try:
-            early = EarlyFetch.start(
+            early = EarlyFetch.begin(
                 repository_id=repository.id,
                 clone=clone,
                 branch=repository.branch,
