@@ -65,7 +65,8 @@ deploy:
 \t@echo deploying
 """
 # The floor: what any CI has to do for a push, minus HTTP and bookkeeping;
-# the same git commands as Hobotnica's (api/jobs/git.py checkout_steps).
+# the same git commands as Hobotnica's (api/jobs/git.py checkout_steps), one
+# after the other (Hobotnica runs the clean beside the fetch).
 SCRIPT = """\
 #!/bin/sh
 set -e
