@@ -17,6 +17,7 @@ import pytest
 from api.jobs import executor, process, started
 from api.jobs.early_fetch import EarlyFetch
 from api.jobs.instances import InstanceLock, others_alive
+from api.jobs.leftovers import marked_processes
 from api.jobs.process import Outcome
 from api.jobs.runner import early_fetch_marker
 from api.keys import RUNNER, STORAGE
@@ -70,21 +71,6 @@ def early_fetches(
     return returned
 
 
-def early_processes(marker: str) -> list[int]:
-    """Live processes whose environment carries the early fetches' marker."""
-    wanted = f"{executor.MARKER_NAME}={marker}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if wanted in environ.split(b"\0") and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 async def log_of(client: Client, number: int) -> str:
     response = await client.get(f"{JOBS}/{number}/log", headers=auth_headers())
     assert response.status == 200
@@ -136,7 +122,7 @@ async def test_an_early_fetch_no_job_adopts_is_stopped(
     stored = await client.app[STORAGE].repositories.get("octocat", "hello")
     assert stored is not None
     marker = early_fetch_marker(runner.instance_id, stored.id)
-    assert early_processes(marker) == []
+    assert marked_processes(marker) == []
     jobs = await (await client.get(JOBS, headers=auth_headers())).json()
     assert jobs["total"] == 2
     # The clone is fine for the next push.
@@ -244,25 +230,32 @@ def hanging_clone(tmp_path: Path, remote: GitRemote) -> Path:
     return clone
 
 
-def start_hanging(clone: Path, remote: GitRemote, marker: str) -> EarlyFetch:
+def begin(clone: Path, sha: str, marker: str = "test") -> EarlyFetch:
     return EarlyFetch.begin(
         repository_id=1,
         clone=clone,
         branch="main",
-        sha=remote.commit({"n": "hang"}),
+        sha=sha,
         env={**os.environ, executor.MARKER_NAME: marker},
         timeout=60,
         kill_grace=1.0,
     )
 
 
-async def test_cancelling_the_adopting_job_stops_the_fetch(
-    hanging_clone: Path, remote: GitRemote
-) -> None:
-    marker = f"test-{os.getpid()}/cancel"
-    early = start_hanging(hanging_clone, remote, marker)
+@pytest.fixture
+async def hanging(hanging_clone: Path, remote: GitRemote) -> tuple[EarlyFetch, str]:
+    """An early fetch that hangs, running, and its processes' marker."""
+    marker = f"test-{os.getpid()}/{hanging_clone}"
+    early = begin(hanging_clone, remote.commit({"n": "hang"}), marker)
     await asyncio.sleep(0.2)
-    assert early_processes(marker)
+    assert marked_processes(marker)
+    return early, marker
+
+
+async def test_cancelling_the_adopting_job_stops_the_fetch(
+    hanging: tuple[EarlyFetch, str],
+) -> None:
+    early, marker = hanging
     cancel = asyncio.Event()
     output = bytearray()
     joined = asyncio.ensure_future(early.join(output.extend, cancel))
@@ -271,18 +264,15 @@ async def test_cancelling_the_adopting_job_stops_the_fetch(
     cancel.set()
     result = await asyncio.wait_for(joined, 10)
     assert result.outcome is Outcome.CANCELLED
-    assert early_processes(marker) == []
+    assert marked_processes(marker) == []
 
 
 async def test_stopping_an_unadopted_fetch_leaves_no_process(
-    hanging_clone: Path, remote: GitRemote
+    hanging: tuple[EarlyFetch, str],
 ) -> None:
-    marker = f"test-{os.getpid()}/stop"
-    early = start_hanging(hanging_clone, remote, marker)
-    await asyncio.sleep(0.2)
-    assert early_processes(marker)
+    early, marker = hanging
     await asyncio.wait_for(early.stop(), 10)
-    assert early_processes(marker) == []
+    assert marked_processes(marker) == []
 
 
 async def test_output_before_adoption_is_kept_up_to_a_bound(
@@ -294,15 +284,7 @@ async def test_output_before_adoption_is_kept_up_to_a_bound(
     for bound in (started.MAX_BUFFERED, 8):
         monkeypatch.setattr(started, "MAX_BUFFERED", bound)
         sha = remote.commit({"n": str(bound)})
-        early = EarlyFetch.begin(
-            repository_id=1,
-            clone=clone,
-            branch="main",
-            sha=sha,
-            env=dict(os.environ),
-            timeout=60,
-            kill_grace=1.0,
-        )
+        early = begin(clone, sha)
         tracking = ["-C", str(clone), "rev-parse", "refs/remotes/origin/main"]
         for _ in range(500):  # the fetch has printed and updated the ref
             if git(*tracking) == sha:
