@@ -125,7 +125,8 @@ class StatusReporter:
         if event.type not in (EventType.QUEUED, EventType.RESOLVED, EventType.FINISHED):
             return
         if self.give_way is not None:
-            # Events wait in order: the statuses of a commit keep their order.
+            # Its row waits for job starts too; events are handled one at a
+            # time, in order, so the statuses of a commit keep their order.
             await self.give_way()
         try:
             await self.storage.outbox.add_now(
