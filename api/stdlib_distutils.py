@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import sysconfig
 import warnings
@@ -23,6 +24,10 @@ def load() -> None:
     if sys.version_info >= (3, 12) or "distutils" in sys.modules:
         return
     stdlib = sysconfig.get_paths()["stdlib"]
+    # Debian ships distutils apart (python3-distutils); without it only a
+    # stub is there, and the shim has to serve.
+    if not os.path.isfile(os.path.join(stdlib, "distutils", "util.py")):
+        return
     # PathFinder directly: meta path finders (the shim) are not asked.
     spec = importlib.machinery.PathFinder.find_spec("distutils", [stdlib])
     if spec is None or spec.loader is None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from api import stdlib_distutils
+
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = """
@@ -46,3 +48,17 @@ def test_the_app_uses_the_standard_library_distutils_without_setuptools() -> Non
 
 def test_the_app_imports_distutils_on_any_python() -> None:
     assert imported()["strtobool"] == 1
+
+
+def test_a_split_standard_library_is_left_to_the_shim(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Debian without python3-distutils has only a stub package."""
+    stub = tmp_path / "distutils"
+    stub.mkdir()
+    (stub / "__init__.py").write_text("")
+    (stub / "version.py").write_text("")
+    monkeypatch.delitem(sys.modules, "distutils", raising=False)
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    stdlib_distutils.load()
+    assert "distutils" not in sys.modules
