@@ -587,18 +587,7 @@ class PeerWebhook:
             stderr=subprocess.STDOUT,
         )
         log.close()
-
-        def listening() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError("webhook exited; see webhook.log")
-            try:
-                with socket_to(self.port):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(listening, 10, "webhook listening", interval=0.02)
+        wait_listening(self.port, 10, "webhook (see webhook.log)", self.process)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -606,10 +595,25 @@ class PeerWebhook:
             stop_process(self.process)
 
 
-@contextlib.contextmanager
-def socket_to(port: int) -> Iterator[None]:
-    with socket.create_connection(("127.0.0.1", port), timeout=1):
-        yield
+def wait_listening(
+    port: int,
+    timeout: float,
+    what: str,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Poll until ``port`` on loopback accepts a connection; fail at once
+    if ``process`` (the one meant to listen) has exited."""
+
+    def listening() -> bool:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what} exited")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_for(listening, timeout, f"{what} listening", interval=0.02)
 
 
 def hmac_rule(secret: str, branch: str) -> dict[str, Any]:

@@ -36,10 +36,10 @@ from bench.common import (
     push_to_repository,
     read_stamp,
     register_remotes,
-    socket_to,
     stop_process,
     use_source,
     wait_for,
+    wait_listening,
     work_dir,
 )
 
@@ -75,15 +75,7 @@ def reference_idle(root: Path) -> tuple[float, float]:
         cwd=ROOT,
     )
     try:
-
-        def listening() -> bool:
-            try:
-                with socket_to(port):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(listening, 30, "raw aiohttp", interval=0.02)
+        wait_listening(port, 30, "raw aiohttp", raw)
         time.sleep(0.5)
         raw_mb = sample_rss(raw.pid)
     finally:

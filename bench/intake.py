@@ -42,10 +42,9 @@ from bench.common import (
     ratio,
     rotate,
     sign,
-    socket_to,
     stop_process,
     use_source,
-    wait_for,
+    wait_listening,
     webhook_path,
     work_dir,
 )
@@ -176,15 +175,7 @@ class RawServer:
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )
-
-        def listening() -> bool:
-            try:
-                with socket_to(self.port):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(listening, 30, "raw aiohttp listening", interval=0.02)
+        wait_listening(self.port, 30, "raw aiohttp", self.process)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -89,15 +89,21 @@ COMPARED = "compared"
 Result = tuple[float, float]  # push-to-start, push-to-finish (s)
 
 
+def cloned_remote(root: Path, name: str) -> tuple[GitRemote, Path]:
+    """A remote with the bench's Makefile and a clone of it (``root/name``)."""
+    remote = GitRemote(root, OWNER, name)
+    remote.commit({"Makefile": MAKEFILE}, "initial")
+    clone = root / name / "clone"
+    clone.parent.mkdir(parents=True)
+    git("clone", "-q", str(remote.bare), str(clone))
+    return remote, clone
+
+
 class Floor:
     name = "floor"
 
     def __init__(self, root: Path, script: Path) -> None:
-        self.remote = GitRemote(root, OWNER, "floor")
-        self.remote.commit({"Makefile": MAKEFILE}, "initial")
-        self.clone = root / "floor" / "clone"
-        self.clone.parent.mkdir(parents=True)
-        git("clone", "-q", str(self.remote.bare), str(self.clone))
+        self.remote, self.clone = cloned_remote(root, "floor")
         self.script = script
         self.output = (root / "floor" / "output").open("ab")
 
@@ -120,11 +126,7 @@ class Peer:
     name = "peer"
 
     def __init__(self, root: Path, hooks: PeerWebhook) -> None:
-        self.remote = GitRemote(root, OWNER, "peer")
-        self.remote.commit({"Makefile": MAKEFILE}, "initial")
-        self.clone = root / "peer" / "clone"
-        self.clone.parent.mkdir(parents=True)
-        git("clone", "-q", str(self.remote.bare), str(self.clone))
+        self.remote, self.clone = cloned_remote(root, "peer")
         self.hooks = hooks
         self.http = Http(hooks.port)
 
