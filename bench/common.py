@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ __all__ = [
     "FakeGitHubProcess",
     "GitRemote",
     "Http",
-    "RssSampler",
+    "PeakRss",
     "Server",
     "Summary",
     "auth_headers",
@@ -254,29 +253,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class RssSampler:
-    """Samples a process's VmRSS in a thread; ``peak`` is the highest seen."""
+class PeakRss:
+    """A process's peak VmRSS over a ``with`` block, from the kernel.
 
-    def __init__(self, pid: int, interval: float = 0.005) -> None:
+    Entering resets the process's high-water mark (``5`` to
+    ``/proc/PID/clear_refs``, Linux 4.0+); leaving reads ``VmHWM``. Exact,
+    and nothing samples the process meanwhile: a sampling thread would both
+    miss short peaks and take CPU from what is being measured.
+    """
+
+    def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.interval = interval
-        self.start_kb = memory_kb(pid).get("VmRSS", 0)
-        self.peak_kb = self.start_kb
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.start_kb = 0
+        self.peak_kb = 0
 
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
+    def __enter__(self) -> PeakRss:
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        self.start_kb = memory_kb(self.pid)["VmRSS"]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            rss = memory_kb(self.pid).get("VmRSS", 0)
-            self.peak_kb = max(self.peak_kb, rss)
+        self.peak_kb = max(memory_kb(self.pid).get("VmHWM", 0), self.start_kb)
 
     @property
     def growth_mb(self) -> float:
@@ -319,6 +316,24 @@ class Http:
                 self.close()
             return response.status, data
         raise AssertionError("unreachable")
+
+    def download(
+        self, path: str, headers: Mapping[str, str] | None = None
+    ) -> tuple[int, int]:
+        """GET ``path`` on a connection of its own, reading the answer a
+        piece at a time and dropping it: (status, bytes received)."""
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", self.port, timeout=self.timeout
+        )
+        try:
+            connection.request("GET", path, headers=dict(headers or {}))
+            response = connection.getresponse()
+            received = 0
+            while piece := response.read(1 << 20):
+                received += len(piece)
+            return response.status, received
+        finally:
+            connection.close()
 
     def json(
         self,

@@ -28,8 +28,8 @@ from bench.common import (
     FakeGitHubProcess,
     GitRemote,
     Http,
+    PeakRss,
     PeerWebhook,
-    RssSampler,
     Server,
     Summary,
     base_parser,
@@ -189,7 +189,7 @@ def reject_big(target: Target, count: int) -> tuple[Summary, float, set[int]]:
     headers = {"Content-Type": "application/json", "X-GitHub-Event": "push"}
     latencies = []
     statuses = set()
-    with RssSampler(target.pid, interval=0.002) as rss:
+    with PeakRss(target.pid) as rss:
         for _ in range(count):
             http = Http(target.port)
             started = time.perf_counter()

@@ -14,9 +14,12 @@ Wall time is from the first recipe line (the stamp) to the end: make's exit
 for the baseline, the job's ``finished_at`` for Hobotnica, whose whole job
 duration (git steps included) is shown too. The server runs with
 HOBOTNICA_LOG_MAX_BYTES above SIZE, so it stores all of it, like the baseline.
-The server's VmRSS is sampled every 5 ms during each job; growth is the peak
+The server's peak VmRSS over each job comes from the kernel (VmHWM, reset
+before the push: nothing samples the server meanwhile); growth is the peak
 over the value right before the push. Server CPU is user + system time of the
 server process over the job (its own work, not the job's processes).
+Then the whole log is read back with one GET (``/log``, no offset): its
+speed and the server's peak VmRSS growth while it serves it.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from bench.common import (
     FakeGitHubProcess,
     GitRemote,
     Http,
-    RssSampler,
+    PeakRss,
     Server,
     Summary,
+    auth_headers,
     base_parser,
     cpu_seconds,
     iso_to_epoch,
@@ -68,6 +72,8 @@ class Row:
     megabytes: float  # stored
     cpu: float = 0.0  # server CPU over the job (s)
     rss_growth: float = 0.0  # server peak VmRSS growth (MB)
+    read_seconds: float = 0.0  # GET of the whole log
+    read_rss_growth: float = 0.0  # server peak VmRSS growth during that GET (MB)
 
 
 def makefile(size: int) -> str:
@@ -147,7 +153,7 @@ class Hobotnica:
         body = push_body(sha, BRANCH, OWNER, self.repo)
         headers = webhook_headers(body, self.secret)
         cpu_before = cpu_seconds(self.server.pid)
-        with RssSampler(self.server.pid) as rss:
+        with PeakRss(self.server.pid) as rss:
             status, answer = self.http.request("POST", self.path, body, headers)
             if status != 202:
                 raise RuntimeError(f"Hobotnica answered {status}: {answer!r}")
@@ -164,9 +170,24 @@ class Hobotnica:
         finished = iso_to_epoch(job["finished_at"])
         log = self.server.log_path(int(clone.name), job_number)
         size = log.stat().st_size
+        with PeakRss(self.server.pid) as reading:
+            started = time.perf_counter()
+            status, received = self.http.download(
+                f"/api/repositories/{OWNER}/{self.repo}/jobs/{job_number}/log",
+                auth_headers(),
+            )
+            read_seconds = time.perf_counter() - started
+        if status != 200 or received != size:
+            raise RuntimeError(f"log read back: {status}, {received} of {size} bytes")
         log.unlink()  # keep the disk tidy: SIZE bytes per job
         return Row(
-            finished - first, float(job["duration"]), size / 1e6, cpu, rss.growth_mb
+            finished - first,
+            float(job["duration"]),
+            size / 1e6,
+            cpu,
+            rss.growth_mb,
+            read_seconds,
+            reading.growth_mb,
         )
 
     def clone_dir(self) -> Path:
@@ -227,9 +248,13 @@ def report(rows: dict[str, list[Row]], size: int, rounds: int) -> bool:
             growth = max(row.rss_growth for row in values)
             wall_ratio = ratio(wall.median, base.median)
             passed = passed and wall_ratio <= TARGET_RATIO and growth < TARGET_RSS_MB
+            read = Summary.of([row.read_seconds for row in values])
+            read_growth = max(row.read_rss_growth for row in values)
             line += (
                 f"  job {total.median:5.2f} s  server CPU {cpu.median:5.2f} s"
                 f"  RSS growth max {growth:4.1f} MB"
+                f"  | log read back {megabytes / read.median:4.0f} MB/s,"
+                f" RSS growth max {read_growth:4.1f} MB"
             )
             results.append(
                 f"RESULT log_throughput {name} x{wall_ratio:.2f} baseline"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import shutil
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +331,39 @@ async def test_log_of_any_bytes_is_served_as_stored(
     )
     assert part.status == 200
     assert await part.read() == full[inside:]
+
+
+async def test_a_big_log_is_served_exactly_without_holding_it_in_memory(
+    client: Client, remote: GitRemote
+) -> None:
+    """A finished job's 8 MB log: Content-Length, the stored bytes from the
+    offset, and the server holds a chunk at a time, not the log."""
+    remote.commit({"Makefile": "deploy:\n\t@head -c 8000000 /dev/zero | tr '\\0' y\n"})
+    await register(client)
+    number = int((await deploy(client))["number"])
+    assert (await wait_for_job(client, number))["status"] == "success"
+    offset = 1000
+    tracemalloc.start()
+    try:
+        response = await client.get(
+            f"{JOBS}/{number}/log?offset={offset}", headers=auth_headers()
+        )
+        assert response.status == 200
+        digest = hashlib.sha256()
+        received = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            digest.update(chunk)
+            received += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    full = await (
+        await client.get(f"{JOBS}/{number}/log", headers=auth_headers())
+    ).read()
+    assert len(full) > 8_000_000
+    assert int(response.headers["Content-Length"]) == received == len(full) - offset
+    assert digest.digest() == hashlib.sha256(full[offset:]).digest()
+    assert peak < 2_000_000, f"{peak} bytes allocated at once to serve the log"
 
 
 async def test_follow_streams_output_before_the_job_ends(

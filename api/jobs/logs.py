@@ -279,16 +279,31 @@ class LogWriter:
 def read_log(path: Path, offset: int, limit: int | None = 1 << 20) -> bytes:
     """Exactly the stored bytes from ``offset`` on (at most ``limit``; None:
     to the end)."""
-    if offset < 0 or (limit is not None and limit < 0):
+    if limit is not None and limit < 0:
+        raise ValueError("offset and limit must not be negative")
+    opened = open_log(path, offset)
+    if opened is None:
+        return b""
+    file, size = opened
+    with file:
+        return file.read(size if limit is None else min(size, limit))
+
+
+def open_log(path: Path, offset: int) -> tuple[BinaryIO, int] | None:
+    """The stored log opened at ``offset``, and how many bytes it holds from
+    there now; None when it holds none (or does not exist)."""
+    if offset < 0:
         raise ValueError("offset and limit must not be negative")
     try:
-        with path.open("rb") as file:
-            if offset >= os.fstat(file.fileno()).st_size:
-                return b""  # nothing there (and seek fails past the FS's limit)
-            file.seek(offset)
-            return file.read(-1 if limit is None else limit)
+        file = path.open("rb")
     except FileNotFoundError:
-        return b""
+        return None
+    size = os.fstat(file.fileno()).st_size - offset
+    if size <= 0:  # nothing there (and seek fails past the FS's limit)
+        file.close()
+        return None
+    file.seek(offset)
+    return file, size
 
 
 async def follow_log(

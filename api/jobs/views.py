@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from aiohttp import web
 from rororo import OperationTableDef, openapi_context
@@ -10,7 +11,7 @@ from rororo import OperationTableDef, openapi_context
 from api import auth
 from api.errors import ValidationFailed
 from api.jobs import service
-from api.jobs.logs import follow_log, read_log
+from api.jobs.logs import follow_log, open_log
 from api.jobs.serializers import job_to_dict
 from api.keys import RUNNER, SETTINGS, STORAGE
 from api.storage.records import JobKind
@@ -99,12 +100,7 @@ async def retrieve_job_log(request: web.Request) -> web.StreamResponse:
     path = service.job_log_path(runner, repository, job)
     headers = {"X-Job-Status": str(job.status), "Cache-Control": "no-store"}
     if not follow or job.status.is_finished:
-        return web.Response(
-            body=read_log(path, offset, limit=None),
-            content_type="text/plain",
-            charset="utf-8",
-            headers=headers,
-        )
+        return await send_stored_log(request, path, offset, headers)
 
     async def is_finished() -> bool:
         current = await storage.jobs.get_by_id(job.id)
@@ -123,4 +119,36 @@ async def retrieve_job_log(request: web.Request) -> web.StreamResponse:
     ):
         await response.write(chunk)
     await response.write_eof()
+    return response
+
+
+async def send_stored_log(
+    request: web.Request, path: Path, offset: int, headers: Mapping[str, str]
+) -> web.StreamResponse:
+    """The log from ``offset`` as stored now (Content-Length), read and sent
+    a chunk at a time: a 50 MiB log neither sits in memory nor holds up the
+    event loop while it is read."""
+    opened = open_log(path, offset)
+    if opened is None:
+        return web.Response(
+            body=b"", content_type="text/plain", charset="utf-8", headers=headers
+        )
+    file, size = opened
+    with file:
+        if size <= LOG_CHUNK:
+            return web.Response(
+                body=file.read(size),
+                content_type="text/plain",
+                charset="utf-8",
+                headers=headers,
+            )
+        response = web.StreamResponse(headers=headers)
+        response.content_type = "text/plain"
+        response.charset = "utf-8"
+        response.content_length = size
+        await response.prepare(request)
+        while size > 0 and (chunk := file.read(min(LOG_CHUNK, size))):
+            await response.write(chunk)
+            size -= len(chunk)
+        await response.write_eof()
     return response
