@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import select
 import shutil
 import signal
 import socket
@@ -51,6 +52,7 @@ __all__ = [
     "Http",
     "PeakRss",
     "Server",
+    "StampPipe",
     "Summary",
     "auth_headers",
     "base_parser",
@@ -227,6 +229,51 @@ def read_stamp(path: Path) -> float | None:
     except FileNotFoundError:
         return None
     return float(text) if text.endswith("\n") else None
+
+
+class StampPipe:
+    """One ``date +%s.%N > PATH`` stamp, waited for without polling.
+
+    PATH becomes a FIFO that this end holds open for reading: the writer's
+    open and write never block, and ``wait`` sleeps in one ``poll()`` until
+    the stamp arrives, so the bench takes no CPU from what it measures (a
+    poll of a file every few milliseconds would). One stamp per instance:
+    once its writer has closed, a FIFO only reports hang-ups.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+
+    def wait(self, timeout: float, what: str) -> float:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        data = b""
+        while not data.endswith(b"\n"):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not poller.poll(remaining * 1000):
+                raise TimeoutError(f"{what}: no stamp after {timeout} s")
+            try:
+                piece = os.read(self._fd, 64)
+            except BlockingIOError:
+                continue
+            if not piece:  # the writer closed before a whole line
+                raise RuntimeError(f"{what}: incomplete stamp {data!r}")
+            data += piece
+        return float(data)
+
+    def close(self) -> None:
+        os.close(self._fd)
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> StampPipe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- memory --------------------------------------------------------------------

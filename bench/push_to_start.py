@@ -16,6 +16,11 @@ script) to that stamp. Subjects, run side by side in rotating order:
 Push-to-finish: floor and peer, the script's last line (after make);
 Hobotnica, the job's ``finished_at`` (after its result is recorded).
 
+The bench waits for a stamp it needs (peer: finish, Hobotnica: start)
+through a FIFO (``StampPipe``), asleep in ``poll()``: polling the file
+would take CPU from the subject on this 2-core machine, and the floor,
+which the bench simply waits for, has no such cost.
+
 ``--compare DIR`` adds a fourth subject, ``compared``: the server of another
 checkout (say, the previous commit in a ``git worktree``), pushed to in the
 same rounds, for a before/after that the VM's changing speed cannot skew.
@@ -36,6 +41,7 @@ from bench.common import (
     Http,
     PeerWebhook,
     Server,
+    StampPipe,
     Summary,
     base_parser,
     hmac_rule,
@@ -46,7 +52,6 @@ from bench.common import (
     read_stamp,
     rotate,
     use_source,
-    wait_for,
     webhook_headers,
     webhook_path,
     work_dir,
@@ -151,13 +156,16 @@ class Peer:
         body = push_body(sha, BRANCH, OWNER, "peer")
         headers = webhook_headers(body, PEER_SECRET)
         stamps = clear_stamps(self.clone)
-        started = time.time()
-        status, answer = self.http.request("POST", self.hooks.path("ci"), body, headers)
-        if status != 200:
-            raise RuntimeError(f"webhook answered {status}: {answer!r}")
-        wait_for(lambda: read_stamp(stamps[1]) is not None, 60, "peer finish")
-        start, finish = (read_stamp(path) for path in stamps)
-        assert start is not None and finish is not None
+        with StampPipe(stamps[1]) as finished:
+            started = time.time()
+            status, answer = self.http.request(
+                "POST", self.hooks.path("ci"), body, headers
+            )
+            if status != 200:
+                raise RuntimeError(f"webhook answered {status}: {answer!r}")
+            finish = finished.wait(60, "peer finish")
+        start = read_stamp(stamps[0])
+        assert start is not None
         return start - started, finish - started
 
 
@@ -186,17 +194,16 @@ class Hobotnica:
         body = push_body(sha, BRANCH, OWNER, self.repo)
         headers = webhook_headers(body, self.secret)
         stamps = clear_stamps(self.clone)
-        started = time.time()
-        status, answer = self.http.request("POST", self.path, body, headers)
-        if status != 202:
-            raise RuntimeError(f"Hobotnica answered {status}: {answer!r}")
-        wait_for(lambda: read_stamp(stamps[0]) is not None, 60, "hobotnica start")
-        start = read_stamp(stamps[0])
+        with StampPipe(stamps[0]) as started_make:
+            started = time.time()
+            status, answer = self.http.request("POST", self.path, body, headers)
+            if status != 202:
+                raise RuntimeError(f"Hobotnica answered {status}: {answer!r}")
+            start = started_make.wait(60, "hobotnica start")
         job_number = int(json.loads(answer)["number"])
         job = self.server.wait_job(OWNER, self.repo, job_number, interval=0.02)
         if job["status"] != "success":
             raise RuntimeError(f"job failed: {job}")
-        assert start is not None
         return start - started, iso_to_epoch(job["finished_at"]) - started
 
 
