@@ -254,7 +254,11 @@ def _toml(value: Any) -> str:
 
 
 def schemathesis_config(
-    target: FuzzTarget, *, pin_log_offset: bool, always_real: bool = False
+    target: FuzzTarget,
+    *,
+    pin_log_offset: bool,
+    always_real: bool = False,
+    spare_only: bool = False,
 ) -> str:
     """A ``schemathesis.toml`` that mixes real objects into generated values.
 
@@ -263,7 +267,10 @@ def schemathesis_config(
     webhook) as well as their 404 and 422 paths; ``always_real`` uses them
     every time. ``DELETE`` only ever names the spare repository, so that the
     main one stays for the other operations. ``pin_log_offset`` keeps the log
-    ``offset`` to sane values.
+    ``offset`` to sane values. ``spare_only`` names the spare repository in
+    every path: for ``delete_repository``, run on its own, since not every
+    phase applies per-operation parameters (examples and stateful links would
+    delete the main repository).
     """
 
     def pick(dictionary: str, probability: float) -> str:
@@ -282,7 +289,7 @@ def schemathesis_config(
         "[dictionaries.offset]\nvalues = [0, 1, 10, 4096, 1048576]",
         "[parameters]",
         f'"path.owner" = {pick("owner", 0.75)}',
-        f'"path.name" = {pick("name", 0.75)}',
+        f'"path.name" = {pick("spare", 1.0) if spare_only else pick("name", 0.75)}',
         f'"path.number" = {pick("number", 0.6)}',
         f'"path.uid" = {pick("uid", 0.5)}',
         f'"header.X-GitHub-Username" = {pick("login", 0.85)}',
@@ -321,6 +328,7 @@ async def run_schemathesis(
     config: str,
     *,
     operations: Sequence[str] = (),
+    excluded: Sequence[str] = (),
     max_examples: int = 40,
     timeout: float = 240.0,
 ) -> FuzzRun:
@@ -355,6 +363,8 @@ async def run_schemathesis(
     ]
     for operation in operations:
         argv += ["--include-operation-id", operation]
+    for operation in excluded:
+        argv += ["--exclude-operation-id", operation]
     process = await asyncio.create_subprocess_exec(
         *argv,
         cwd=workdir,

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from tests.fakes.github import FakeGitHub
 from tests.fuzz_support import (
     Api,
+    FuzzRun,
     FuzzTarget,
     add_remote,
     run_schemathesis,
@@ -39,6 +40,7 @@ from tests.support import OWNER, REPO, TOKEN, USER, GitRemote, push_payload, sig
 pytestmark = pytest.mark.integrational
 
 OPERATIONS = 15  # every operationId in openapi.yaml
+DELETE = "delete_repository"  # fuzzed on its own: see schemathesis_config
 # Operations that must reach their real logic (2xx) at least once, which
 # shows that the credentials and the real objects do their part.
 MUST_SUCCEED = (
@@ -105,6 +107,22 @@ def accepted(report: dict[str, Any], operation: str) -> int:
     return sum(int(phase["accepted"]) for phase in rates.values())
 
 
+def assert_clean_run(run: FuzzRun, operations: int) -> None:
+    report = run.report
+    assert report["failures"] == [], run.summary()
+    assert report["errors"] == [], run.summary()
+    assert run.returncode == 0, run.summary()
+    assert report["complete"], run.summary()
+    tested = report["operations"]
+    assert tested["selected"] == tested["tested"] == operations, tested
+    assert tested["errored"] == tested["skipped"] == 0, tested
+    for name, phase in report["phases"].items():
+        # Stateful testing needs links between operations: one has none.
+        not_applicable = phase.get("skip_reason") == "not_applicable"
+        assert phase["status"] == "success" or not_applicable, (name, phase)
+    assert report["test_cases"]["generated"] >= 40 * operations, report["test_cases"]
+
+
 async def test_schemathesis_finds_no_failure_in_any_operation(
     target: Target, tmp_path: Path
 ) -> None:
@@ -112,21 +130,30 @@ async def test_schemathesis_finds_no_failure_in_any_operation(
         tmp_path / "fuzz",
         target.server.url,
         schemathesis_config(target.fuzz, pin_log_offset=True),
+        excluded=[DELETE],
         max_examples=40,
     )
-    report = run.report
-    assert report["failures"] == [], run.summary()
-    assert report["errors"] == [], run.summary()
-    assert run.returncode == 0, run.summary()
-    assert report["complete"], run.summary()
-    operations = report["operations"]
-    assert operations["selected"] == operations["tested"] == OPERATIONS, operations
-    assert operations["errored"] == operations["skipped"] == 0, operations
-    for name, phase in report["phases"].items():
-        assert phase["status"] in ("success", "skipped"), (name, phase)
-    assert report["test_cases"]["generated"] >= 40 * OPERATIONS, report["test_cases"]
-    unreached = [op for op in MUST_SUCCEED if accepted(report, op) == 0]
-    assert unreached == [], report["valid_rates"]
+    assert_clean_run(run, OPERATIONS - 1)
+    unreached = [op for op in MUST_SUCCEED if accepted(run.report, op) == 0]
+    assert unreached == [], run.report["valid_rates"]
+    # The real objects (and the webhook uid) held for the whole run.
+    hello = await target.api.call("GET", f"/api/repositories/{OWNER}/{REPO}")
+    assert hello.status == 200, hello
+    assert hello.body["webhook"]["url"].endswith(target.fuzz.webhook_uid), hello
+
+    deleting = await run_schemathesis(
+        tmp_path / "fuzz-delete",
+        target.server.url,
+        schemathesis_config(target.fuzz, pin_log_offset=True, spare_only=True),
+        operations=[DELETE],
+        max_examples=40,
+    )
+    assert_clean_run(deleting, 1)
+    assert accepted(deleting.report, "DELETE /repositories/{owner}/{name}") > 0
+    spare = await target.api.call("GET", f"/api/repositories/{OWNER}/spare")
+    assert spare.status == 404, spare
+    hello = await target.api.call("GET", f"/api/repositories/{OWNER}/{REPO}")
+    assert hello.status == 200, hello
 
     assert server_log_alarms(target.server) == []
     assert (await target.api.call("GET", "/api/health")).status == 200
