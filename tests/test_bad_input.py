@@ -69,6 +69,13 @@ BODIES = {
     "branch is empty": create(js({"owner": OWNER, "name": REPO, "branch": ""})),
     "branch is an option": create(js({"owner": OWNER, "name": REPO, "branch": "-x"})),
     "branch has a space": create(js({"owner": OWNER, "name": REPO, "branch": "a b"})),
+    "branch a forced refspec": create(
+        js({"owner": OWNER, "name": REPO, "branch": "+main"})
+    ),
+    "branch is @": create(js({"owner": OWNER, "name": REPO, "branch": "@"})),
+    "branch with a .lock part": create(
+        js({"owner": OWNER, "name": REPO, "branch": "a.lock/b"})
+    ),
     "unknown field": create(js({"owner": OWNER, "name": REPO, "admin": True})),
     # missing fields, not an object
     "empty object": create(js({})),

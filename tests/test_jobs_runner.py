@@ -297,6 +297,38 @@ async def test_secrets_are_masked_even_split_across_reads(
             assert b"s3cret-value" not in path.read_bytes(), path
 
 
+@pytest.mark.parametrize("ref", ["+main", "@", "a.lock/b", "-b"])
+async def test_a_deploy_of_a_ref_git_would_refuse_is_422_and_queues_nothing(
+    client: Client, remote: GitRemote, ref: str
+) -> None:
+    await register(client)
+    response = await client.post(
+        "/api/repositories/octocat/hello/deploys",
+        json={"ref": ref},
+        headers=auth_headers(),
+    )
+    assert response.status == 422, await response.text()
+    assert "detail" in await response.json()
+    jobs = await (await client.get(JOBS, headers=auth_headers())).json()
+    assert [job["kind"] for job in jobs["items"]] == ["clone"]
+
+
+async def test_a_stored_branch_git_would_refuse_fails_the_job_with_the_reason(
+    client: Client, remote: GitRemote, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A branch stored before the API refused such names (``+main``): the
+    job ends ``error`` saying why, not as a crash."""
+    await register(client)
+    await client.app[STORAGE].db.execute_write(
+        "UPDATE repositories SET branch = ? WHERE name = ?", ("+main", "hello")
+    )
+    number = int((await deploy(client))["number"])
+    job = await wait_for_job(client, number)
+    assert job["status"] == "error"
+    assert job["reason"] == "invalid ref name: '+main'"
+    assert "crashed" not in caplog.text
+
+
 async def test_log_offset_returns_exactly_the_stored_bytes(
     client: Client, remote: GitRemote
 ) -> None:

@@ -61,6 +61,28 @@ async def test_register_twice_is_409(client: Client, remote: GitRemote) -> None:
     assert "registered already" in (await response.json())["detail"]
 
 
+async def test_a_default_branch_git_would_refuse_is_409_and_stores_nothing(
+    client: Client, remote: GitRemote, github: FakeGitHub
+) -> None:
+    github.repos["octocat", "hello"].default_branch = "+odd"
+    response = await client.post(
+        "/api/repositories",
+        json={"owner": "octocat", "name": "hello"},
+        headers=auth_headers(),
+    )
+    assert response.status == 409
+    assert "name the branch to track" in (await response.json())["detail"]
+    listing = await client.get("/api/repositories", headers=auth_headers())
+    assert (await listing.json())["total"] == 0
+    response = await client.post(
+        "/api/repositories",
+        json={"owner": "octocat", "name": "hello", "branch": "main"},
+        headers=auth_headers(),
+    )
+    assert response.status == 202
+    assert (await wait_for_job(client, 1))["status"] == "success"
+
+
 async def test_register_needs_push_rights(client: Client, remote: GitRemote) -> None:
     response = await client.post(
         "/api/repositories",

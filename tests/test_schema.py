@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openapi_spec_validator import validate_spec
 
 from api.app import SCHEMA_PATH, create_app
+from api.jobs.git import safe_ref
 from api.settings import Settings
 
 ROOT = Path(__file__).parent.parent
@@ -72,3 +76,31 @@ def test_every_operation_declares_its_errors() -> None:
             responses = operation["responses"]
             if operation.get("security") != []:
                 assert {"403", "422", "502"} <= set(responses), (method, path)
+
+
+def branch_name_matches(value: str) -> bool:
+    """``value`` against the schema's BranchName (pattern and lengths)."""
+    branch = BRANCH_NAME
+    return (
+        branch["minLength"] <= len(value) <= branch["maxLength"]
+        and re.search(branch["pattern"], value) is not None
+    )
+
+
+BRANCH_NAME = load_schema()["components"]["schemas"]["BranchName"]  # type: ignore[index]
+REF_SAMPLES = [
+    *["main", "feature/x-1", "v1.0.2", "refs/tags/v1", "a@b", "a+b", "x" * 255],
+    *["", "+main", "-rf", "@", "a.lock/b", "a.lock", "a/.b", "a..b", "a//b"],
+    *["/a", "a/", "a.", ".a", "a@{1}", "a b", "a~1", "a\\b", "x" * 256],
+]
+
+
+@pytest.mark.parametrize("ref", REF_SAMPLES)
+def test_branch_name_in_the_schema_is_what_the_runner_accepts(ref: str) -> None:
+    assert branch_name_matches(ref) == safe_ref(ref)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from("ab+-@./{}~:lock \\\x7f"), max_size=12))
+def test_branch_name_agrees_with_the_runner_on_any_text(ref: str) -> None:
+    assert branch_name_matches(ref) == safe_ref(ref)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,9 +168,10 @@ class JobExecutor:
         job = self.plan.job
         clone = self.plan.clone_dir
         ref = None if job.ref == self.plan.repository.branch else job.ref
-        steps = git.checkout_steps(
-            clone, branch=self.plan.repository.branch, ref=ref, sha=job.sha
-        )
+        with _refused_by_git():
+            steps = git.checkout_steps(
+                clone, branch=self.plan.repository.branch, ref=ref, sha=job.sha
+            )
         early, self.plan.early_fetch = self.plan.early_fetch, None
         if early is not None and early.argv != steps.fetch:
             await early.stop()
@@ -201,9 +203,11 @@ class JobExecutor:
         temporary = target.with_name(f"{target.name}.clone-{self.plan.job.number}")
         shutil.rmtree(temporary, ignore_errors=True)
         temporary.parent.mkdir(parents=True, exist_ok=True)
-        for argv in git.clone_steps(
-            self.plan.clone_url, temporary, self.plan.repository.branch
-        ):
+        with _refused_by_git():
+            steps = git.clone_steps(
+                self.plan.clone_url, temporary, self.plan.repository.branch
+            )
+        for argv in steps:
             await self._git(argv, cwd=temporary.parent)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(temporary, target)
@@ -317,6 +321,16 @@ def git_environment(
         **git.auth_env(token),
         MARKER_NAME: marker,
     }
+
+
+@contextlib.contextmanager
+def _refused_by_git() -> Iterator[None]:
+    """A ref or URL that ``git.py`` will not pass to git (stored before the
+    API checked it as it does now) fails the job with the reason."""
+    try:
+        yield
+    except ValueError as err:
+        raise _StepFailed(JobResult(JobStatus.ERROR, reason=str(err))) from None
 
 
 def _not_found(argv: Sequence[str], err: FileNotFoundError) -> _StepFailed:

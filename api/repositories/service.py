@@ -7,8 +7,9 @@ import secrets
 import shutil
 
 from api.crypto import SecretBox
-from api.errors import Conflict
+from api.errors import Conflict, ValidationFailed
 from api.github import GitHubClient, Permission, RepositoryAccess, RepositoryNotFound
+from api.jobs import git
 from api.jobs.runner import JobRunner, clone_dir, log_dir
 from api.storage import RepositoryExists, Storage
 from api.storage.records import JobKind, JobRecord, RepositoryRecord
@@ -33,6 +34,13 @@ async def register(
         raise Conflict(
             f"{access.owner}/{access.name} has no default branch on GitHub;"
             " name the branch to track"
+        )
+    if not git.safe_ref(tracked):
+        if branch:  # the schema's BranchName is the same rule
+            raise ValidationFailed(["body", "branch"], "is not a valid branch name")
+        raise Conflict(
+            f"{access.owner}/{access.name}: its default branch {tracked!r} is not"
+            " a name Hobotnica passes to git; name the branch to track"
         )
     try:
         async with storage.db.transaction() as conn:
