@@ -1,7 +1,7 @@
 """Job log files: secret masking, a size cap, reading and following.
 
 A log is the exact byte stream of a job (git and make output plus Hobotnica's
-own lines) after masking, so ``read_log(path, offset)`` can serve any suffix
+own lines) after masking, so ``open_log(path, offset)`` can serve any suffix
 of it and a follower can resume from the last byte it has seen.
 """
 
@@ -276,24 +276,11 @@ class LogWriter:
         self._ends_with_newline = data.endswith(b"\n")
 
 
-def read_log(path: Path, offset: int, limit: int | None = 1 << 20) -> bytes:
-    """Exactly the stored bytes from ``offset`` on (at most ``limit``; None:
-    to the end)."""
-    if limit is not None and limit < 0:
-        raise ValueError("offset and limit must not be negative")
-    opened = open_log(path, offset)
-    if opened is None:
-        return b""
-    file, size = opened
-    with file:
-        return file.read(size if limit is None else min(size, limit))
-
-
 def open_log(path: Path, offset: int) -> tuple[BinaryIO, int] | None:
     """The stored log opened at ``offset``, and how many bytes it holds from
     there now; None when it holds none (or does not exist)."""
     if offset < 0:
-        raise ValueError("offset and limit must not be negative")
+        raise ValueError("offset must not be negative")
     try:
         file = path.open("rb")
     except FileNotFoundError:
