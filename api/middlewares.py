@@ -26,6 +26,7 @@ from api.errors import ApiError, BadGateway, ValidationFailed
 from api.keys import RESPONSE_SCHEMAS
 from api.log import REQUEST_ID_KEY, request_id_var
 from api.responses import ResponseMismatch
+from api.storage import RepositoryGone
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ def error_response(err: BaseException) -> web.Response:
             logger.error("OpenAPI failure: %s", err)
             data = {"detail": "Internal Server Error"}
         return web.json_response(data, status=status, headers=err.headers)
+    if isinstance(err, RepositoryGone):  # deleted while the request was served
+        return web.json_response(
+            {"detail": "The repository is not registered with Hobotnica any more"},
+            status=404,
+        )
     if isinstance(err, github.InvalidCredentials):
         return web.json_response({"detail": "Invalid credentials"}, status=403)
     if isinstance(err, github.RepositoryNotFound | github.OwnerNotFound):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from api.jobs.leftovers import marked_processes
+from api.keys import RUNNER, STORAGE
 from api.settings import Settings
 from tests.fakes.github import FakeGitHub
 from tests.support import (
@@ -16,6 +20,7 @@ from tests.support import (
     GitRemote,
     auth_headers,
     register,
+    send_push,
     wait_for_job,
 )
 
@@ -224,6 +229,141 @@ async def test_delete_removes_clone_logs_and_records(
         headers=auth_headers(),
     )
     assert again.status == 202
+
+
+async def test_a_push_claimed_while_the_repository_is_deleted_never_runs(
+    client: Client,
+    remote: GitRemote,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The push's job is claimed but still being planned when DELETE comes:
+    once DELETE has answered, nothing of the repository runs or is left,
+    and registering it again starts afresh."""
+    remote.commit({"Makefile": "test:\n\t@sleep 3\n"})
+    repository = await register(client)
+    runner = client.app[RUNNER]
+    env = client.app[STORAGE].env
+    job_layers = env.job_layers
+    planning, planned = asyncio.Event(), asyncio.Event()
+
+    async def slow_job_layers(*args: Any) -> Any:
+        planning.set()
+        await asyncio.sleep(0.5)
+        try:
+            return await job_layers(*args)
+        finally:
+            planned.set()
+
+    monkeypatch.setattr(env, "job_layers", slow_job_layers)
+    pushed = asyncio.create_task(
+        send_push(client, repository["webhook"], remote.commit({"a": "1"}))
+    )
+    await asyncio.wait_for(planning.wait(), 10)
+    await asyncio.sleep(0.1)  # its early fetch has ended: DELETE is quick
+    response = await client.delete(
+        "/api/repositories/octocat/hello", headers=auth_headers()
+    )
+    assert response.status == 204
+    assert (await pushed)[0] in (202, 404)
+    await asyncio.wait_for(planned.wait(), 10)
+    await asyncio.sleep(0.3)  # a job that went on would be running by now
+    assert runner.running == {}
+    assert marked_processes(f"{runner.instance_id}/") == []
+    assert not any((settings.data_dir / "clones").iterdir())
+    assert not any((settings.data_dir / "logs").iterdir())
+
+    monkeypatch.setattr(env, "job_layers", job_layers)
+    remote.commit({"Makefile": "test:\n\t@echo again\n"})
+    repository = await register(client)
+    status, body = await send_push(
+        client, repository["webhook"], sha := remote.commit({"b": "2"})
+    )
+    assert status == 202
+    job = await wait_for_job(client, int(body["number"]))
+    assert (job["status"], job["sha"]) == ("success", sha)
+
+
+async def test_a_job_whose_repository_another_instance_removed_is_stopped(
+    client: Client, remote: GitRemote
+) -> None:
+    """Two instances share the database during an upgrade: when the other
+    one deletes the repository, this one stops the job it runs of it."""
+    remote.commit({"Makefile": "deploy:\n\t@sleep 30\n"})
+    await register(client)
+    runner = client.app[RUNNER]
+    response = await client.post(
+        "/api/repositories/octocat/hello/deploys", json={}, headers=auth_headers()
+    )
+    assert response.status == 202
+    for _ in range(100):
+        if marked_processes(f"{runner.instance_id}/"):
+            break
+        await asyncio.sleep(0.05)
+    assert runner.running
+    await client.app[STORAGE].db.execute_write(
+        "DELETE FROM repositories WHERE owner = ?", ("octocat",)
+    )
+    for _ in range(100):  # the runner looks once a second (POLL_INTERVAL)
+        if not runner.running:
+            break
+        await asyncio.sleep(0.05)
+    assert runner.running == {}
+    assert marked_processes(f"{runner.instance_id}/") == []
+
+
+REMOVED_WHILE_SERVED = {
+    "deploy": ("POST", "/api/repositories/octocat/hello/deploys", {}),
+    "env": ("PUT", "/api/repositories/octocat/hello/env", {"vars": {"A": "1"}}),
+}
+
+
+@pytest.mark.parametrize("case", list(REMOVED_WHILE_SERVED))
+async def test_a_repository_deleted_while_a_request_is_served_is_404(
+    client: Client, remote: GitRemote, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """DELETE completes between the handler's lookup and its write."""
+    await register(client)
+    storage = client.app[STORAGE]
+    get = storage.repositories.get
+
+    async def get_then_deleted(*args: Any) -> Any:
+        found = await get(*args)
+        await storage.db.execute_write("DELETE FROM repositories")
+        return found
+
+    monkeypatch.setattr(storage.repositories, "get", get_then_deleted)
+    method, path, body = REMOVED_WHILE_SERVED[case]
+    response = await client.request(method, path, json=body, headers=auth_headers())
+    assert response.status == 404, await response.text()
+    assert "not registered" in (await response.json())["detail"]
+
+
+@pytest.mark.parametrize("branch", ["main", "other"])
+async def test_a_push_to_a_repository_deleted_meanwhile_is_404(
+    client: Client,
+    remote: GitRemote,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    branch: str,
+) -> None:
+    """The delivery is verified, then its repository is gone: a push that
+    queues a job (main) and one that is only recorded (other)."""
+    repository = await register(client)
+    storage = client.app[STORAGE]
+    lookup = storage.repositories.get_by_webhook_uid
+
+    async def lookup_then_deleted(uid: str) -> Any:
+        found = await lookup(uid)
+        await storage.db.execute_write("DELETE FROM repositories")
+        return found
+
+    monkeypatch.setattr(storage.repositories, "get_by_webhook_uid", lookup_then_deleted)
+    status, body = await send_push(
+        client, repository["webhook"], remote.commit({"a": "1"}), branch=branch
+    )
+    assert status == 404, body
+    assert "Unhandled error" not in caplog.text
 
 
 async def test_clone_failure_marks_the_repository_failed(

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,10 @@ class JobRunner:
         self._last_orphan_check = 0.0
         self._background: set[asyncio.Task[None]] = set()
         self._early: dict[int, EarlyFetch] = {}  # by repository id
+        # Jobs between their claim and ``self.running`` (by job id): the
+        # repository id and a future done when the start has settled.
+        self._starting: dict[int, tuple[int, asyncio.Future[None]]] = {}
+        self._removing: set[int] = set()  # repository ids: nothing starts
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -240,6 +244,7 @@ class JobRunner:
             or self._loop_task is None
             or repository.status is not RepositoryStatus.READY
             or repository.id in self._early
+            or repository.id in self._removing
             or len(self.running) + self._reserved >= self.settings.max_jobs
             or any(r.plan.repository.id == repository.id for r in self.running.values())
         ):
@@ -296,18 +301,41 @@ class JobRunner:
             running.plan.cancel.set()
         return updated
 
-    async def stop_repository_jobs(self, repository: RepositoryRecord) -> None:
-        """Cancel every active job of a repository and wait for local ones."""
-        await self.drop_early_fetch(repository.id)
-        for job in await self.storage.jobs.active_of_repository(repository.id):
-            await self.cancel(repository, job)
-        tasks = [
-            r.task
-            for r in self.running.values()
-            if r.plan.repository.id == repository.id and r.task is not None
+    @contextlib.asynccontextmanager
+    async def removing(self, repository: RepositoryRecord) -> AsyncIterator[None]:
+        """Stop a repository's jobs and keep any other from starting here
+        until the block (which removes the repository) has ended."""
+        self._removing.add(repository.id)
+        try:
+            await self.drop_early_fetch(repository.id)
+            for job in await self.storage.jobs.active_of_repository(repository.id):
+                await self.cancel(repository, job)
+            # A job claimed meanwhile (a push's) may still be starting.
+            await self._starts_settled(repository.id)
+            local = [
+                running
+                for running in self.running.values()
+                if running.plan.repository.id == repository.id
+            ]
+            for running in local:
+                running.plan.stop_status = JobStatus.CANCELLED
+                running.plan.cancel.set()
+            tasks = [r.task for r in local if r.task is not None]
+            if tasks:
+                await asyncio.wait(tasks, timeout=self.settings.kill_grace + 10)
+            yield
+            await self._starts_settled(repository.id)
+        finally:
+            self._removing.discard(repository.id)
+
+    async def _starts_settled(self, repository_id: int) -> None:
+        starting = [
+            settled
+            for owner, settled in self._starting.values()
+            if owner == repository_id
         ]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self.settings.kill_grace + 10)
+        if starting:
+            await asyncio.wait(starting)
 
     def output_event(self, job_id: int) -> asyncio.Event | None:
         running = self.running.get(job_id)
@@ -351,7 +379,9 @@ class JobRunner:
             await self._start(job)
 
     async def _pick_up_remote_cancels(self) -> None:
-        for job_id in await self.storage.jobs.cancel_requested(self.instance_id):
+        """Stop the jobs another instance cancelled or removed."""
+        ids = list(self.running)
+        for job_id in await self.storage.jobs.to_stop(self.instance_id, ids):
             running = self.running.get(job_id)
             if running is not None and not running.plan.cancel.is_set():
                 running.plan.stop_status = JobStatus.CANCELLED
@@ -362,6 +392,17 @@ class JobRunner:
     ) -> None:
         """Run a job claimed for this instance; never raises (a job that
         cannot start ends as ``error`` instead of staying ``running``)."""
+        settled = asyncio.get_running_loop().create_future()
+        self._starting[job.id] = (job.repository_id, settled)
+        try:
+            await self._start_claimed_job(job, repository)
+        finally:
+            del self._starting[job.id]
+            settled.set_result(None)
+
+    async def _start_claimed_job(
+        self, job: JobRecord, repository: RepositoryRecord | None
+    ) -> None:
         try:
             if repository is None:
                 repository = await self.storage.repositories.get_by_id(
@@ -385,6 +426,15 @@ class JobRunner:
                 plan.early_fetch = self._early.pop(job.repository_id)
             else:  # nothing else may run git beside the job
                 await self.drop_early_fetch(job.repository_id)
+            if job.repository_id in self._removing:
+                if plan.early_fetch is not None:
+                    await plan.early_fetch.stop()
+                await self._finish(
+                    job,
+                    repository,
+                    JobResult(JobStatus.CANCELLED, reason="the repository is removed"),
+                )
+                return
         except Exception:
             logger.exception("Cannot prepare job #%s", job.number)
             if repository is not None:
@@ -472,7 +522,8 @@ class JobRunner:
         finally:
             if plan.early_fetch is not None:  # the job ended before adopting it
                 await plan.early_fetch.stop()
-            del self.running[job.id]
+            if self.running.get(job.id) is running:
+                del self.running[job.id]
             running.output.set()
             self._update_starts()
         await asyncio.shield(self._finish(job, plan.repository, result))

@@ -108,7 +108,7 @@ class AccessChecker:
             await self.storage.repositories.set_status(
                 conn, repository.id, RepositoryStatus.REVOKED, reason
             )
-        await self.runner.stop_repository_jobs(repository)
-        await asyncio.to_thread(
-            shutil.rmtree, clone_dir(self.settings, repository.id), True
-        )
+        async with self.runner.removing(repository):
+            await asyncio.to_thread(
+                shutil.rmtree, clone_dir(self.settings, repository.id), True
+            )

@@ -73,6 +73,7 @@ async def replace_repository_env(
     storage: Storage, box: SecretBox, repository: RepositoryRecord, update: EnvUpdate
 ) -> None:
     async with storage.db.transaction() as conn:
+        await storage.repositories.ensure_present(conn, repository.id)
         _check_one_set(update, await storage.env.repository_entries(repository.id))
         if update.vars is not None:
             await storage.env.replace_repository(

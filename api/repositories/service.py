@@ -72,11 +72,13 @@ async def register(
 async def unregister(
     storage: Storage, runner: JobRunner, repository: RepositoryRecord
 ) -> None:
-    """Stop its jobs, then remove its rows, clone and logs."""
-    await runner.stop_repository_jobs(repository)
-    async with storage.db.transaction() as conn:
-        await storage.repositories.delete(conn, repository.id)
-    await asyncio.to_thread(remove_files, runner, repository)
+    """Stop its jobs, then remove its rows, clone and logs; no job of it
+    starts here meanwhile (a push's job claimed during the removal is
+    cancelled before it runs anything)."""
+    async with runner.removing(repository):
+        async with storage.db.transaction() as conn:
+            await storage.repositories.delete(conn, repository.id)
+        await asyncio.to_thread(remove_files, runner, repository)
 
 
 def remove_files(runner: JobRunner, repository: RepositoryRecord) -> None:

@@ -9,9 +9,9 @@ from api.storage.deliveries import DeliveryStore
 from api.storage.env import EnvStore
 from api.storage.jobs import JobStore
 from api.storage.outbox import StatusOutbox
-from api.storage.repositories import RepositoryExists, RepositoryStore
+from api.storage.repositories import RepositoryExists, RepositoryGone, RepositoryStore
 
-__all__ = ["RepositoryExists", "Storage"]
+__all__ = ["RepositoryExists", "RepositoryGone", "Storage"]
 
 
 class Storage:

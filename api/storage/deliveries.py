@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 
 import aiosqlite
 
 from api.storage.db import Database
+from api.storage.repositories import RepositoryGone
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,15 @@ class DeliveryStore:
         result: str,
     ) -> bool:
         """Record a delivery that queued nothing; False if it was known."""
-        changed = await self.db.execute_write(
-            "INSERT OR IGNORE INTO deliveries"
-            " (repository_id, delivery_id, event, result, job_id, received_at)"
-            " VALUES (?, ?, ?, ?, NULL, ?)",
-            (repository_id, delivery_id, event, result, time.time()),
-        )
+        try:
+            changed = await self.db.execute_write(
+                "INSERT OR IGNORE INTO deliveries"
+                " (repository_id, delivery_id, event, result, job_id, received_at)"
+                " VALUES (?, ?, ?, ?, NULL, ?)",
+                (repository_id, delivery_id, event, result, time.time()),
+            )
+        except sqlite3.IntegrityError:  # the only reference: the repository
+            raise RepositoryGone(f"repository {repository_id} is gone") from None
         return changed == 1
 
     async def count(self, repository_id: int) -> int:

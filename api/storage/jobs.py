@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import aiosqlite
 
 from api.storage.db import Database
 from api.storage.records import JobKind, JobRecord, JobStatus
+from api.storage.repositories import RepositoryGone
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -62,7 +63,7 @@ class JobStore:
         )
         row = next(iter(rows), None)
         if row is None:
-            raise LookupError(f"repository {repository_id} is gone")
+            raise RepositoryGone(f"repository {repository_id} is gone")
         now = time.time()
         job = await _one(
             conn,
@@ -261,13 +262,19 @@ class JobStore:
         )
         return [JobRecord.from_row(row) for row in rows]
 
-    async def cancel_requested(self, runner: str) -> list[int]:
+    async def to_stop(self, runner: str, running: Sequence[int]) -> list[int]:
+        """Of ``running`` (the jobs ``runner`` runs), those it is to stop:
+        a cancel was requested, or the job is no longer running there (its
+        repository removed, or its row settled, by another instance)."""
+        if not running:
+            return []
         rows = await self.db.fetch_all(
-            "SELECT id FROM jobs WHERE runner = ? AND status = ?"
-            " AND cancel_requested = 1",
-            (runner, JobStatus.RUNNING),
+            "SELECT id FROM jobs WHERE status = ? AND runner = ?"
+            " AND cancel_requested = 0",
+            (JobStatus.RUNNING, runner),
         )
-        return [row[0] for row in rows]
+        going_on = {row[0] for row in rows}
+        return [job_id for job_id in running if job_id not in going_on]
 
     async def count_by_status(self) -> dict[str, int]:
         rows = await self.db.fetch_all(

@@ -15,6 +15,10 @@ class RepositoryExists(Exception):
     """The repository is registered already."""
 
 
+class RepositoryGone(LookupError):
+    """The repository was removed meanwhile (a concurrent DELETE)."""
+
+
 class RepositoryStore:
     def __init__(self, database: Database) -> None:
         self.db = database
@@ -113,6 +117,17 @@ class RepositoryStore:
             "UPDATE repositories SET access_checked_at = ? WHERE id = ?",
             (time.time(), repository_id),
         )
+
+    async def ensure_present(
+        self, conn: aiosqlite.Connection, repository_id: int
+    ) -> None:
+        """Raise ``RepositoryGone`` unless the repository is (still) there;
+        in a write transaction, it stays for the rest of it."""
+        rows = await conn.execute_fetchall(
+            "SELECT 1 FROM repositories WHERE id = ?", (repository_id,)
+        )
+        if not rows:
+            raise RepositoryGone(f"repository {repository_id} is gone")
 
     async def delete(self, conn: aiosqlite.Connection, repository_id: int) -> None:
         await conn.execute("DELETE FROM repositories WHERE id = ?", (repository_id,))
