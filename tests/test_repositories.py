@@ -366,6 +366,32 @@ async def test_a_push_to_a_repository_deleted_meanwhile_is_404(
     assert "Unhandled error" not in caplog.text
 
 
+async def test_a_cancelled_clone_is_made_good_by_the_next_job(
+    client: Client, remote: GitRemote
+) -> None:
+    """The clone is cancelled (repository ``failed``); the next job clones
+    again and runs make: the repository is ``ready`` again."""
+    response = await client.post(
+        "/api/repositories",
+        json={"owner": "octocat", "name": "hello"},
+        headers=auth_headers(),
+    )
+    assert response.status == 202
+    cancel = await client.post(
+        "/api/repositories/octocat/hello/jobs/1/cancel", headers=auth_headers()
+    )
+    assert cancel.status == 202
+    assert (await wait_for_job(client, 1))["status"] == "cancelled"
+    url = "/api/repositories/octocat/hello"
+    failed = await (await client.get(url, headers=auth_headers())).json()
+    assert failed["status"] == "failed"
+    response = await client.post(f"{url}/deploys", json={}, headers=auth_headers())
+    assert response.status == 202
+    assert (await wait_for_job(client, 2))["status"] == "success"
+    ready = await (await client.get(url, headers=auth_headers())).json()
+    assert (ready["status"], ready["status_detail"]) == ("ready", None)
+
+
 async def test_clone_failure_marks_the_repository_failed(
     client: Client, github: FakeGitHub
 ) -> None:

@@ -555,6 +555,19 @@ class JobRunner:
             retry = None
             if finished is not None and job.kind is JobKind.CLONE:
                 retry = await self._after_clone(conn, finished, repository)
+            elif (
+                finished is not None
+                and repository.status is RepositoryStatus.FAILED
+                and finished.status in (JobStatus.SUCCESS, JobStatus.FAILED)
+            ):
+                # Its clone failed (or was cancelled); this job cloned again
+                # and got as far as make.
+                await self.storage.repositories.set_status(
+                    conn,
+                    repository.id,
+                    RepositoryStatus.READY,
+                    only_if=RepositoryStatus.FAILED,
+                )
         if finished is None:
             return
         if retry is not None:

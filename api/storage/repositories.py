@@ -95,11 +95,14 @@ class RepositoryStore:
         repository_id: int,
         status: RepositoryStatus,
         detail: str | None = None,
+        *,
+        only_if: RepositoryStatus | None = None,
     ) -> None:
+        """Set the status (``only_if`` it is that one now, when given)."""
         await conn.execute(
             "UPDATE repositories SET status = ?, status_detail = ?, updated_at = ?"
-            " WHERE id = ?",
-            (status, detail, time.time(), repository_id),
+            " WHERE id = ? AND coalesce(status = ?, 1)",
+            (status, detail, time.time(), repository_id, only_if),
         )
 
     async def set_token(
