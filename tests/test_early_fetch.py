@@ -332,3 +332,34 @@ async def test_the_clean_runs_beside_the_fetch(
     assert [step.split()[4] for step in steps[:3]] == ["fetch", "clean", "checkout"]
     assert "Removing build-output.o" in log
     assert log.index("Removing build-output.o") > log.index(steps[1])
+
+
+async def test_no_early_fetch_while_a_job_of_the_repository_is_starting(
+    client: Client,
+    remote: GitRemote,
+    early_fetches: list[EarlyFetch | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A deploy is claimed and still being planned (not running yet): a push
+    now must not start git in the clone beside it."""
+    repository = await register(client)
+    env = client.app[STORAGE].env
+    job_layers = env.job_layers
+    planning = asyncio.Event()
+
+    async def slow_job_layers(*args: Any) -> Any:
+        planning.set()
+        await asyncio.sleep(0.5)
+        return await job_layers(*args)
+
+    monkeypatch.setattr(env, "job_layers", slow_job_layers)
+    response = await client.post(
+        "/api/repositories/octocat/hello/deploys", json={}, headers=auth_headers()
+    )
+    assert response.status == 202
+    await asyncio.wait_for(planning.wait(), 10)
+    status, _ = await send_push(client, repository["webhook"], remote.commit({}))
+    assert status == 202
+    assert early_fetches == [None]
+    assert (await wait_for_job(client, 2))["status"] == "success"
+    assert (await wait_for_job(client, 3))["status"] == "success"

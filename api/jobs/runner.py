@@ -237,8 +237,8 @@ class JobRunner:
     def fetch_early(self, repository: RepositoryRecord, sha: str) -> EarlyFetch | None:
         """Start the fetch of a push to the tracked branch before its job is
         recorded, if nothing else can be using the clone: the repository is
-        ready, no job of it runs here, there is room for its job, and no
-        other instance is alive (each claims jobs on its own)."""
+        ready, no job of it runs or starts here, there is room for its job,
+        and no other instance is alive (each claims jobs on its own)."""
         if (
             self.draining
             or self._loop_task is None
@@ -247,6 +247,7 @@ class JobRunner:
             or repository.id in self._removing
             or len(self.running) + self._reserved >= self.settings.max_jobs
             or any(r.plan.repository.id == repository.id for r in self.running.values())
+            or any(owner == repository.id for owner, _ in self._starting.values())
         ):
             return None
         clone = clone_dir(self.settings, repository.id)
