@@ -9,6 +9,7 @@ import sqlite3
 import traceback
 import uuid
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp_middlewares.annotations import Handler, Middleware
@@ -33,6 +34,24 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _JSON_PACKAGE = Path(json.__file__).parent
+_DESERIALIZE_FAILED = re.compile(
+    r"Failed to deserialize value .* with style (?P<style>[\w./+-]+)", re.DOTALL
+)
+# The value comes first; the last of these phrases starts the complaint.
+_SCHEMA_COMPLAINT = re.compile(
+    r".* (?P<complaint>(?:is not of type|is too long|is too short"
+    r"|has too many properties|does not have enough properties|does not match"
+    r"|is not one of|is greater than|is less than|is not a|is not valid under"
+    r"|is not a multiple of|has non-unique elements|is too many|is too few"
+    r"|should be non-empty|is expected to be empty)\b.*)",
+    re.DOTALL,
+)
+# Messages about names and structure, which hold no submitted value.
+_NO_VALUE_MESSAGES = (
+    "Additional properties are not allowed",
+    "Field required",
+    "Missing",
+)
 
 
 def is_json_too_deep(err: BaseException) -> bool:
@@ -41,6 +60,26 @@ def is_json_too_deep(err: BaseException) -> bool:
         return False
     frames = traceback.extract_tb(err.__traceback__)
     return bool(frames) and Path(frames[-1].filename).parent == _JSON_PACKAGE
+
+
+def without_value(item: Any) -> Any:
+    """A request-validation error item whose message does not repeat the
+    value it is about: that may be a secret (``PUT .../env``), or 64 KiB.
+
+    jsonschema's messages are ``<value repr> <what is wrong>``, openapi-core's
+    ``Failed to deserialize value <body> with style <type>``: only the part
+    after the value is kept; an unknown shape gets a message of its own.
+    """
+    if not isinstance(item, dict) or not isinstance(item.get("message"), str):
+        return item
+    message = item["message"]
+    if (parsed := _DESERIALIZE_FAILED.fullmatch(message)) is not None:
+        return {**item, "message": f"cannot be read as {parsed['style']}"}
+    if (found := _SCHEMA_COMPLAINT.fullmatch(message)) is not None:
+        return {**item, "message": found["complaint"]}
+    if message.startswith(_NO_VALUE_MESSAGES):
+        return item
+    return {**item, "message": "does not match the schema"}
 
 
 def error_response(err: BaseException) -> web.Response:
@@ -55,6 +94,8 @@ def error_response(err: BaseException) -> web.Response:
         if status >= 500:
             logger.error("OpenAPI failure: %s", err)
             data = {"detail": "Internal Server Error"}
+        elif isinstance(data.get("detail"), list):
+            data = {**data, "detail": [without_value(item) for item in data["detail"]]}
         return web.json_response(data, status=status, headers=err.headers)
     if isinstance(err, RepositoryGone):  # deleted while the request was served
         return web.json_response(

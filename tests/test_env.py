@@ -143,6 +143,55 @@ async def test_invalid_or_reserved_names_are_422(client: Client) -> None:
     assert await get(client, REPO_ENV) == (200, before)
 
 
+SECRET = "zq-SEKRET-val-4242"
+# Refused by request validation; each answer says what is wrong and where.
+SECRET_BODIES: dict[str, tuple[bytes, list[str], str]] = {
+    "too long": (
+        json.dumps({"secrets": {"A": SECRET * 4000}}).encode(),
+        ["body", "secrets", "A"],
+        "is too long",
+    ),
+    "too many": (
+        json.dumps({"secrets": {f"N{i}": SECRET for i in range(201)}}).encode(),
+        ["body", "secrets"],
+        "has too many properties",
+    ),
+    "not JSON": (
+        b'{"secrets": {"A": "' + SECRET.encode() + b'\\x"}}',
+        ["body"],
+        "cannot be read as application/json",
+    ),
+    "secrets a string": (
+        json.dumps({"secrets": SECRET}).encode(),
+        ["body", "secrets"],
+        "is not of type object",
+    ),
+    "value a list": (
+        json.dumps({"secrets": {"A": [SECRET]}}).encode(),
+        ["body", "secrets", "A"],
+        "is not of type string",
+    ),
+}
+
+
+@pytest.mark.usefixtures("registered")
+@pytest.mark.parametrize("case", list(SECRET_BODIES))
+@pytest.mark.parametrize("path", [REPO_ENV, OWNER_ENV.format("octocat")])
+async def test_a_refused_env_body_is_not_echoed_back(
+    client: Client, path: str, case: str
+) -> None:
+    body, loc, message = SECRET_BODIES[case]
+    response = await client.put(
+        path,
+        data=body,
+        headers={**auth_headers(), "Content-Type": "application/json"},
+    )
+    assert response.status == 422
+    text = await response.text()
+    assert SECRET not in text
+    assert json.loads(text)["detail"] == [{"loc": loc, "message": message}]
+
+
 @pytest.mark.usefixtures("registered")
 async def test_other_invalid_bodies_are_422(client: Client) -> None:
     both = {"vars": {"TWICE": "a"}, "secrets": {"TWICE": "b"}}
