@@ -288,3 +288,31 @@ async def test_follow_log_stops_early_when_closed(tmp_path: Path) -> None:
     follower = follow_log(path, 0, never, poll=0.01)
     assert await anext(follower) == b"abc"
     await follower.aclose()
+
+
+@pytest.mark.parametrize(
+    ("secret", "printed"),
+    [
+        ("tok-123\n", b"value: tok-123"),  # pasted with its newline
+        ("  padded-secret  ", b"pad: padded-secret"),  # `echo $PAD` splits
+        ("line-one-xyz\nline-two-xyz", b"first: line-one-xyz"),  # a PEM's line
+        ("line-one-xyz\r\nline-two-xyz", b"second: line-two-xyz"),
+    ],
+)
+def test_printed_forms_of_a_secret_are_masked(
+    tmp_path: Path, secret: str, printed: bytes
+) -> None:
+    path = tmp_path / "job.log"
+    with LogWriter(path, secrets=[secret]) as log:
+        log.write(printed)
+        log.line("[hobotnica] success")  # its newline must not complete it
+    stored = path.read_bytes()
+    assert stored.startswith(printed.split(b" ")[0] + b" ***")
+    for form in {secret, secret.strip(), *secret.splitlines()}:
+        assert form.strip().encode() not in stored
+
+
+def test_short_pieces_of_a_secret_are_not_masked_on_their_own() -> None:
+    masker = SecretMasker(["ab\nlong-enough-line"])
+    assert masker.mask(b"ab cd long-enough-line") == b"ab cd ***"
+    assert SecretMasker(["\tx\t"]).mask(b"a x b") == b"a x b"

@@ -36,8 +36,24 @@ RARE = 1 / 1024  # anchor bytes are at most this frequent in the sample
 ANCHOR_HITS = 64  # candidates per search before giving up an anchor
 
 
+# A piece of a secret (a line of it, or it without surrounding whitespace)
+# is masked on its own from this length on; the whole value always is.
+MIN_PIECE = 4
+
+
+def printed_forms(secret: str) -> set[str]:
+    """What of ``secret`` a job may print on its own: the value, the value
+    without surrounding whitespace (``echo $KEY`` of a pasted key with a
+    trailing newline), and each line of a multi-line value (a PEM key)."""
+    if not secret:
+        return set()
+    pieces = {secret.strip(), *(line.strip() for line in secret.splitlines())}
+    return {secret} | {piece for piece in pieces if len(piece) >= MIN_PIECE}
+
+
 class SecretMasker:
-    """Replaces every secret value by ``***`` in a stream of chunks.
+    """Replaces every secret value (in each of its ``printed_forms``) by
+    ``***`` in a stream of chunks.
 
     At each position the longest secret that matches wins, then scanning goes
     on after it (leftmost-longest), so the output does not depend on where
@@ -51,7 +67,7 @@ class SecretMasker:
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        values = {secret.encode() for secret in secrets if secret}
+        values = {form.encode() for secret in secrets for form in printed_forms(secret)}
         # Longest first: at a tie for the leftmost position the longest wins.
         self._values = sorted(values, key=lambda value: (-len(value), value))
         self._keep = len(self._values[0]) - 1 if self._values else 0
