@@ -254,3 +254,50 @@ async def test_jobs_still_running_after_the_shutdown_timeout_are_interrupted(
     assert processes_with(b"52.5") == [], first.output()[-3000:]
     second = servers()
     assert await job_status(http, second, number) == "interrupted"
+
+
+async def test_a_log_reader_that_leaves_is_no_error_and_stops_at_once(
+    servers: ServerFactory, remote: GitRemote, tmp_path: Path
+) -> None:
+    """Followers of a running job, and a reader of a finished job's big log,
+    close their connection mid-way: the server logs no error, and a
+    follower's handler ends at once, not at the job's next output."""
+    go = tmp_path / "GO"
+    remote.commit(
+        {
+            "Makefile": "deploy:\n\t@echo first\n"
+            f"\t@while [ ! -e {go} ]; do sleep 0.02; done\n"
+            "\t@head -c 3000000 /dev/zero | tr '\\0' y\n"
+        }
+    )
+    server = servers()
+    log_url = f"{server.url}{REPO}/jobs/2/log"
+    async with aiohttp.ClientSession() as http:
+        [number] = await register_and_deploy(http, server)
+        assert number == 2
+        await wait_status(http, server, number, {"running"})
+        for _ in range(3):
+            async with aiohttp.ClientSession() as follower:
+                response = await follower.get(
+                    f"{log_url}?follow=true", headers=auth_headers()
+                )
+                assert response.status == 200
+                assert await response.content.readany()
+                response.close()
+        deadline = time.monotonic() + 5
+        while server.output().count("/jobs/2/log?follow=true") < 3:
+            assert time.monotonic() < deadline, "followers still served"
+            await asyncio.sleep(0.05)
+        go.touch()
+        assert await wait_status(http, server, number, FINISHED) == "success"
+        async with aiohttp.ClientSession() as reader:
+            response = await reader.get(log_url, headers=auth_headers())
+            assert int(response.headers["Content-Length"]) > 3_000_000
+            assert await response.content.read(1000)
+            response.close()
+        await asyncio.sleep(0.5)
+        status, _, _ = await call(http, "GET", f"{server.url}/api/health")
+        assert status == 200
+    text = server.output()
+    assert " ERROR " not in text and "Traceback" not in text, text[-3000:]
+    assert '/jobs/2/log?follow=true HTTP/1.1" 200' in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -103,6 +104,8 @@ async def retrieve_job_log(request: web.Request) -> web.StreamResponse:
         return await send_stored_log(request, path, offset, headers)
 
     async def is_finished() -> bool:
+        if client_gone(request):  # nobody to stream to: stop polling
+            return True
         current = await storage.jobs.get_by_id(job.id)
         return current is None or current.status.is_finished
 
@@ -110,16 +113,25 @@ async def retrieve_job_log(request: web.Request) -> web.StreamResponse:
     response.content_type = "text/plain"
     response.charset = "utf-8"
     await response.prepare(request)
-    async for chunk in follow_log(
+    following = follow_log(
         path,
         offset,
         is_finished,
         wake=runner.output_event(job.id),
         chunk_size=LOG_CHUNK,
-    ):
-        await response.write(chunk)
-    await response.write_eof()
+    )
+    with contextlib.suppress(ConnectionResetError):
+        async with contextlib.aclosing(following):
+            async for chunk in following:
+                await response.write(chunk)
+        if not client_gone(request):
+            await response.write_eof()
     return response
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the client has closed the connection (a follower that left)."""
+    return request.transport is None or request.transport.is_closing()
 
 
 async def send_stored_log(
@@ -147,8 +159,10 @@ async def send_stored_log(
         response.charset = "utf-8"
         response.content_length = size
         await response.prepare(request)
-        while size > 0 and (chunk := file.read(min(LOG_CHUNK, size))):
-            await response.write(chunk)
-            size -= len(chunk)
-        await response.write_eof()
+        # A client that goes away mid-way is no error of ours.
+        with contextlib.suppress(ConnectionResetError):
+            while size > 0 and (chunk := file.read(min(LOG_CHUNK, size))):
+                await response.write(chunk)
+                size -= len(chunk)
+            await response.write_eof()
     return response
