@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from api.jobs import executor, process, started
+from api.jobs import git as git_steps
 from api.jobs.early_fetch import EarlyFetch
 from api.jobs.instances import InstanceLock, others_alive
 from api.jobs.leftovers import marked_processes
@@ -221,19 +222,36 @@ def test_others_alive_sees_only_live_locks_of_other_instances(tmp_path: Path) ->
     mine.release()
 
 
+def slow_upload_pack(monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """Fetches run ``command`` as the remote's upload-pack: a slow network.
+    In the config every job restores (a job's make cannot set it)."""
+    remote_section = '[remote "origin"]\n'
+    monkeypatch.setattr(
+        git_steps,
+        "_CONFIG",
+        git_steps._CONFIG.replace(
+            remote_section, f'{remote_section}\tuploadpack = "{command}"\n'
+        ),
+    )
+
+
 @pytest.fixture
-def hanging_clone(tmp_path: Path, remote: GitRemote) -> Path:
+def hanging_clone(
+    tmp_path: Path, remote: GitRemote, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """A clone whose fetches hang (its remote's upload-pack sleeps)."""
     clone = tmp_path / "clone"
     git("clone", "-q", str(remote.bare), str(clone))
-    git("-C", str(clone), "config", "remote.origin.uploadpack", "sleep 30; :")
+    slow_upload_pack(monkeypatch, "sleep 30; :")
     return clone
 
 
 def begin(clone: Path, sha: str, marker: str = "test") -> EarlyFetch:
+    url = git("-C", str(clone), "remote", "get-url", "origin")
     return EarlyFetch.begin(
         repository_id=1,
         clone=clone,
+        url=url,
         branch="main",
         sha=sha,
         env={**os.environ, executor.MARKER_NAME: marker},
@@ -302,7 +320,7 @@ async def test_output_before_adoption_is_kept_up_to_a_bound(
 
 
 async def test_the_clean_runs_beside_the_fetch(
-    client: Client, remote: GitRemote, tmp_path: Path
+    client: Client, remote: GitRemote, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a (slow) fetch runs, the work tree is already being cleaned;
     the log shows the fetch, then the clean, then the checkout."""
@@ -313,7 +331,7 @@ async def test_the_clean_runs_beside_the_fetch(
     clone = client.app[RUNNER].settings.data_dir / "clones" / str(stored.id)
     release = tmp_path / "release"
     upload_pack = f"while [ ! -e {release} ]; do sleep 0.02; done; git-upload-pack"
-    git("-C", str(clone), "config", "remote.origin.uploadpack", upload_pack)
+    slow_upload_pack(monkeypatch, upload_pack)
     leftover = clone / "build-output.o"
     leftover.write_text("from the last job")
     sha = remote.commit({"README": "beside"})

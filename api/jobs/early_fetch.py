@@ -42,7 +42,7 @@ class EarlyFetch(StartedProcess):
         self.repository_id = repository_id
         self.branch = branch
         self.sha = sha
-        # Lines for the job's log before the step (stale locks removed).
+        # Lines for the job's log before the step (what was restored).
         self.notes = notes
 
     @classmethod
@@ -51,19 +51,18 @@ class EarlyFetch(StartedProcess):
         *,
         repository_id: int,
         clone: Path,
+        url: str,
         branch: str,
         sha: str,
         env: Mapping[str, str],
         timeout: float,
         kill_grace: float,
     ) -> EarlyFetch:
-        """Remove stale git locks (nothing runs git in ``clone`` now), then
-        start the fetch of ``git.checkout_steps``."""
+        """Restore the clone's git state (``git.restore_git_state``: nothing
+        runs git in ``clone`` now), then start the fetch of
+        ``git.checkout_steps``."""
         argv = git.checkout_steps(clone, branch=branch, ref=None, sha=sha).fetch
-        notes = [
-            f"[hobotnica] removed a stale git lock: {lock.name}"
-            for lock in git.remove_stale_locks(clone)
-        ]
+        notes = git.restore_git_state(clone, url=url, branch=branch)
         fetch = cls(
             repository_id=repository_id,
             branch=branch,

@@ -129,7 +129,7 @@ class JobExecutor:
             await self._clone()
             sha = await self._head()
             return JobResult(JobStatus.SUCCESS, exit_code=0, sha=sha)
-        if not (self.plan.clone_dir / ".git").is_dir():
+        if not git.is_clone(self.plan.clone_dir):
             self.log.line("[hobotnica] no usable clone: cloning again")
             await self._clone()
         try:
@@ -176,12 +176,9 @@ class JobExecutor:
         if early is not None and early.argv != steps.fetch:
             await early.stop()
             early = None
-        if early is None:
-            for lock in git.remove_stale_locks(clone):
-                self.log.line(f"[hobotnica] removed a stale git lock: {lock.name}")
-        else:
-            for note in early.notes:
-                self.log.line(note)
+        notes = early.notes if early is not None else self._restore_git_state()
+        for note in notes:
+            self.log.line(note)
         # The clean runs beside the fetch (see git.CheckoutSteps); its part
         # of the log comes after the fetch's.
         cleaning = StartedProcess(steps.clean)
@@ -211,6 +208,14 @@ class JobExecutor:
             await self._git(argv, cwd=temporary.parent)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(temporary, target)
+        self._restore_git_state()  # .git/config in the form later jobs check
+
+    def _restore_git_state(self) -> list[str]:
+        return git.restore_git_state(
+            self.plan.clone_dir,
+            url=self.plan.clone_url,
+            branch=self.plan.repository.branch,
+        )
 
     async def _head(self) -> str:
         sha = await git.rev_parse(self.plan.clone_dir, "HEAD", self._git_env)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,8 @@ def git_base_env(base: Mapping[str, str]) -> dict[str, str]:
             "GIT_ASKPASS": "",
             "GIT_EDITOR": "true",
             "GIT_PAGER": "cat",
+            # refs/replace would let a job's make swap the objects checked out.
+            "GIT_NO_REPLACE_OBJECTS": "1",
         }
     )
     return env
@@ -229,6 +232,98 @@ def is_auth_failure(output: str) -> bool:
     """Whether git's output says the credentials are missing or rejected,
     or the repository is invisible to them (GitHub answers "not found")."""
     return _AUTH_FAILURES.search(output) is not None
+
+
+# What ``clone_steps`` leaves in .git/config; a job's make may change it
+# (a remote URL, core.worktree, core.hooksPath from husky, sparse checkout).
+_CONFIG = """\
+[core]
+\trepositoryformatversion = 0
+\tfilemode = true
+\tbare = false
+\tlogallrefupdates = true
+[remote "origin"]
+\turl = "{url}"
+\tfetch = "+refs/heads/{branch}:refs/remotes/origin/{branch}"
+[branch "{branch}"]
+\tremote = origin
+\tmerge = "refs/heads/{branch}"
+"""
+# Files under .git that change what later git steps do or check out.
+_STEERING_FILES = (
+    "info/attributes",
+    "info/sparse-checkout",
+    "info/grafts",
+    "commondir",
+    "gitdir",
+)
+
+
+def is_clone(repo: Path) -> bool:
+    """Whether ``repo`` holds a repository of its own (``.git`` a real
+    directory, not a link or a ``gitdir:`` file pointing elsewhere)."""
+    git_dir = repo / ".git"
+    return git_dir.is_dir() and not git_dir.is_symlink()
+
+
+def restore_git_state(repo: Path, *, url: str, branch: str) -> list[str]:
+    """Undo what an earlier job's make may have done to ``repo/.git``,
+    before any git step of the next job: its config back to the clone's
+    (remote URL included: the token goes only there), no hooks (they would
+    run with the token in their environment), no attributes, sparse
+    checkout, grafts or worktree links, and an index without skip-worktree
+    or intent-to-add entries (git then writes version 3). Stale locks go
+    too (see ``remove_stale_locks``). Returns lines for the job's log.
+
+    Only call this while no git process can be running in ``repo``.
+    """
+    git_dir = repo / ".git"
+    notes = [
+        f"[hobotnica] removed a stale git lock: {lock.name}"
+        for lock in remove_stale_locks(repo)
+    ]
+    config = _CONFIG.format(url=_escaped(url), branch=_escaped(branch))
+    path = git_dir / "config"
+    try:
+        current = path.read_text()
+    except (FileNotFoundError, UnicodeDecodeError):
+        current = None
+    if current != config:
+        temporary = git_dir / "config.hobotnica"
+        temporary.write_text(config)
+        os.replace(temporary, path)
+        if current is not None:
+            notes.append("[hobotnica] .git/config had changed: restored")
+    hooks = git_dir / "hooks"
+    if hooks.is_dir():
+        if any(not name.endswith(".sample") for name in os.listdir(hooks)):
+            notes.append("[hobotnica] removed git hooks")
+        shutil.rmtree(hooks)
+    for name in _STEERING_FILES:
+        steering = git_dir / name
+        if steering.is_file():
+            steering.unlink()
+            notes.append(f"[hobotnica] removed .git/{name}")
+    if _index_version(git_dir / "index") not in (None, 2):
+        (git_dir / "index").unlink()
+        notes.append("[hobotnica] .git/index had flagged entries: rebuilt")
+    return notes
+
+
+def _escaped(value: str) -> str:
+    """``value`` escaped for a double-quoted string in a git config file."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _index_version(path: Path) -> int | None:
+    try:
+        with path.open("rb") as file:
+            header = file.read(8)
+    except FileNotFoundError:
+        return None
+    if len(header) < 8 or header[:4] != b"DIRC":
+        return -1  # not an index git wrote: rebuild it
+    return int.from_bytes(header[4:], "big")
 
 
 def remove_stale_locks(repo: Path) -> list[Path]:

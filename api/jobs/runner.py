@@ -18,7 +18,7 @@ from aiosqlite import Connection
 from api.background import stop_task
 from api.crypto import SecretBox
 from api.errors import ServiceUnavailable
-from api.jobs import leftovers
+from api.jobs import git, leftovers
 from api.jobs.early_fetch import EarlyFetch
 from api.jobs.events import EventType, JobEvent, JobEvents
 from api.jobs.executor import (
@@ -251,7 +251,7 @@ class JobRunner:
         ):
             return None
         clone = clone_dir(self.settings, repository.id)
-        if not (clone / ".git").is_dir() or others_alive(
+        if not git.is_clone(clone) or others_alive(
             self.settings.instances_dir, self.instance_id
         ):
             return None
@@ -259,6 +259,9 @@ class JobRunner:
             early = EarlyFetch.begin(
                 repository_id=repository.id,
                 clone=clone,
+                url=self.settings.github_clone_url.format(
+                    owner=repository.owner, name=repository.name
+                ),
                 branch=repository.branch,
                 sha=sha,
                 env=git_environment(
