@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from api.jobs import git
 from api.jobs.leftovers import marked_processes
-from api.keys import RUNNER, STORAGE
+from api.keys import GITHUB, RUNNER, SECRET_BOX, SETTINGS, STORAGE
+from api.repositories.access import AccessChecker
 from api.settings import Settings
 from tests.fakes.github import FakeGitHub
 from tests.support import (
@@ -390,6 +392,37 @@ async def test_a_cancelled_clone_is_made_good_by_the_next_job(
     assert (await wait_for_job(client, 2))["status"] == "success"
     ready = await (await client.get(url, headers=auth_headers())).json()
     assert (ready["status"], ready["status_detail"]) == ("ready", None)
+
+
+async def test_a_repository_revoked_during_its_clone_stays_revoked(
+    client: Client, remote: GitRemote, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revoke cancels the running clone; the clone's end must not set
+    the repository back to ``failed`` (nor ``ready``)."""
+    monkeypatch.setattr(git, "clone_steps", lambda *args: [["sleep", "30"]])
+    response = await client.post(
+        "/api/repositories",
+        json={"owner": "octocat", "name": "hello"},
+        headers=auth_headers(),
+    )
+    assert response.status == 202
+    await wait_for_job(client, 1, statuses={"running"})
+    app = client.app
+    checker = AccessChecker(
+        app[SETTINGS], app[STORAGE], app[SECRET_BOX], app[GITHUB], app[RUNNER]
+    )
+    record = await app[STORAGE].repositories.get("octocat", "hello")
+    assert record is not None
+    await checker.revoke(record, "the stored token was revoked")
+    assert (await wait_for_job(client, 1))["status"] == "cancelled"
+    repository = await (
+        await client.get("/api/repositories/octocat/hello", headers=auth_headers())
+    ).json()
+    assert repository["status"] == "revoked"
+    jobs = await (
+        await client.get("/api/repositories/octocat/hello/jobs", headers=auth_headers())
+    ).json()
+    assert jobs["total"] == 1  # no clone queued again
 
 
 async def test_clone_failure_marks_the_repository_failed(

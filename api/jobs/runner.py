@@ -590,7 +590,14 @@ class JobRunner:
     async def _after_clone(
         self, conn: Connection, clone: JobRecord, repository: RepositoryRecord
     ) -> JobRecord | None:
-        """Settle the repository's status; queue the clone again if cut short."""
+        """Settle the repository's status; queue the clone again if cut short.
+
+        Only while the repository is still ``cloning``: a revoke (which
+        cancels the clone) has the last word.
+        """
+        status = await self.storage.repositories.status_in(conn, repository.id)
+        if status is not RepositoryStatus.CLONING:
+            return None
         if clone.status is JobStatus.INTERRUPTED:
             retry, _ = await self.storage.jobs.enqueue(
                 conn,
@@ -601,14 +608,13 @@ class JobRunner:
                 trigger={**clone.trigger, "retry_of": clone.number},
             )
             return retry
-        if repository.status is RepositoryStatus.CLONING:
-            ok = clone.status is JobStatus.SUCCESS
-            await self.storage.repositories.set_status(
-                conn,
-                repository.id,
-                RepositoryStatus.READY if ok else RepositoryStatus.FAILED,
-                None if ok else clone.reason,
-            )
+        ok = clone.status is JobStatus.SUCCESS
+        await self.storage.repositories.set_status(
+            conn,
+            repository.id,
+            RepositoryStatus.READY if ok else RepositoryStatus.FAILED,
+            None if ok else clone.reason,
+        )
         return None
 
     # -- recovery ---------------------------------------------------------------

@@ -121,6 +121,17 @@ class RepositoryStore:
             (time.time(), repository_id),
         )
 
+    async def status_in(
+        self, conn: aiosqlite.Connection, repository_id: int
+    ) -> RepositoryStatus | None:
+        """The repository's status as ``conn``'s transaction sees it."""
+        rows = list(
+            await conn.execute_fetchall(
+                "SELECT status FROM repositories WHERE id = ?", (repository_id,)
+            )
+        )
+        return RepositoryStatus(rows[0][0]) if rows else None
+
     async def ensure_present(
         self, conn: aiosqlite.Connection, repository_id: int
     ) -> None:
