@@ -540,6 +540,30 @@ async def test_revocation_removes_the_clone_and_closes_the_webhook(
     assert response.status == 410
 
 
+async def test_a_404_of_the_graphql_endpoint_revokes_nothing(
+    client: Client, github: FakeGitHub, remote: GitRemote, settings: Settings
+) -> None:
+    """GraphQL says "not found" in a 200; a 404 of /graphql itself is GitHub
+    (or a proxy, or a wrong URL) failing: 502 for a caller, no revocation."""
+    await register(client)
+    app = client.app
+    checker = AccessChecker(
+        settings, app[STORAGE], app[SECRET_BOX], app[GITHUB], app[RUNNER]
+    )
+    github.fail_next(1, 404)
+    assert await checker.check_all() == 0
+    assert any((settings.data_dir / "clones").iterdir())
+    github.fail_next(1, 404)
+    response = await client.get(
+        "/api/repositories/octocat/hello/env", headers=auth_headers("octocat", "x" * 8)
+    )
+    assert response.status == 502, await response.text()
+    repository = await (
+        await client.get("/api/repositories/octocat/hello", headers=auth_headers())
+    ).json()
+    assert repository["status"] == "ready"
+
+
 async def test_a_missing_make_is_an_error_with_a_reason(
     client: Client, remote: GitRemote, tmp_path: Path
 ) -> None:

@@ -107,13 +107,20 @@ def _is_rate_limit(reply: Reply) -> bool:
     return "rate limit" in message or "abuse" in message
 
 
-def classify_reply(reply: Reply, now: float) -> GitHubError:
-    """The typed error for a non-success HTTP answer (REST or GraphQL)."""
+def classify_reply(reply: Reply, now: float, *, graphql: bool = False) -> GitHubError:
+    """The typed error for a non-success HTTP answer (REST or GraphQL).
+
+    GraphQL says "not found" in a 200 answer; a 404 of its endpoint means
+    the endpoint is wrong or failing (a proxy, a wrong Enterprise URL), never
+    that a repository is gone: that must not revoke anything.
+    """
     message = reply.message
     if reply.status == 401:
         return InvalidCredentials(message or "Bad credentials")
     if _is_rate_limit(reply):
         return rate_limited(reply.headers, now, message or "rate limit exceeded")
+    if reply.status == 404 and graphql:
+        return GitHubQueryError("GitHub's GraphQL endpoint answered 404", status=404)
     if reply.status == 404:
         return RepositoryNotFound(message or "Not Found")
     if reply.status >= 500:

@@ -38,6 +38,7 @@ class Transport(gh_aiohttp.GitHubAPI):
         super().__init__(session, requester, oauth_token=oauth_token, base_url=base_url)
         self._timeout = timeout
         self.reply: Reply | None = None
+        self.last_was_graphql = False  # the last request went to /graphql
 
     def __repr__(self) -> str:
         return f"<Transport {self.base_url}>"
@@ -46,12 +47,16 @@ class Transport(gh_aiohttp.GitHubAPI):
         self, method: str, url: str, headers: Mapping[str, str], body: bytes = b""
     ) -> tuple[int, Mapping[str, str], bytes]:
         self.reply = None
+        self.last_was_graphql = url.rstrip("/").endswith("/graphql")
         async with self._session.request(
             method, url, headers=headers, data=body, timeout=self._timeout
         ) as response:
             data = await response.read()
             self.reply = Reply.of(response.status, response.headers, data)
             return response.status, self.reply.headers, data
+
+    def _classify(self, reply: Reply, now: float) -> GitHubError:
+        return policy.classify_reply(reply, now, graphql=self.last_was_graphql)
 
     async def attempt(
         self, send: Send, now: Callable[[], float]
@@ -61,10 +66,10 @@ class Transport(gh_aiohttp.GitHubAPI):
             return await send(self), None
         except aiohttp.ClientResponseError as exc:  # a session raising for status
             reply = Reply.of(exc.status, exc.headers or {})
-            return None, policy.classify_reply(reply, now())
+            return None, self._classify(reply, now())
         except (aiohttp.ClientError, TimeoutError) as exc:
             return None, policy.unreachable(exc)
         except _READ_ERRORS:
             if self.reply is None:
                 raise
-            return None, policy.classify_reply(self.reply, now())
+            return None, self._classify(self.reply, now())
