@@ -425,6 +425,43 @@ async def test_a_repository_revoked_during_its_clone_stays_revoked(
     assert jobs["total"] == 1  # no clone queued again
 
 
+async def test_a_revoked_repository_can_be_registered_again(
+    client: Client, remote: GitRemote, github: FakeGitHub
+) -> None:
+    """As the 409 of a deploy says: with a token that has access again, the
+    registration comes back, with the same webhook, and builds pushes."""
+    first = await register(client)
+    github.revoke_token(TOKEN)
+    app = client.app
+    checker = AccessChecker(
+        app[SETTINGS], app[STORAGE], app[SECRET_BOX], app[GITHUB], app[RUNNER]
+    )
+    assert await checker.check_all() == 1
+    url = "/api/repositories/octocat/hello"
+    github.add_user("octocat", token=TOKEN)
+    refused = await client.post(f"{url}/deploys", json={}, headers=auth_headers())
+    assert refused.status == 409
+    assert "register it again" in (await refused.json())["detail"]
+    again = await client.post(
+        "/api/repositories",
+        json={"owner": "octocat", "name": "hello"},
+        headers=auth_headers(),
+    )
+    assert again.status == 202, await again.text()
+    body = await again.json()
+    assert body["status"] == "cloning"
+    assert body["webhook"] == first["webhook"]
+    jobs = await (await client.get(f"{url}/jobs", headers=auth_headers())).json()
+    clone = jobs["items"][0]
+    assert clone["kind"] == "clone"
+    assert (await wait_for_job(client, clone["number"]))["status"] == "success"
+    ready = await (await client.get(url, headers=auth_headers())).json()
+    assert ready["status"] == "ready"
+    status, pushed = await send_push(client, body["webhook"], remote.commit({}))
+    assert status == 202
+    assert (await wait_for_job(client, int(pushed["number"])))["status"] == "success"
+
+
 async def test_clone_failure_marks_the_repository_failed(
     client: Client, github: FakeGitHub
 ) -> None:

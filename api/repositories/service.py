@@ -12,7 +12,12 @@ from api.github import GitHubClient, Permission, RepositoryAccess, RepositoryNot
 from api.jobs import git
 from api.jobs.runner import JobRunner, clone_dir, log_dir
 from api.storage import RepositoryExists, Storage
-from api.storage.records import JobKind, JobRecord, RepositoryRecord
+from api.storage.records import (
+    JobKind,
+    JobRecord,
+    RepositoryRecord,
+    RepositoryStatus,
+)
 
 LIST_CONCURRENCY = 8
 
@@ -27,7 +32,8 @@ async def register(
     token: str,
     branch: str | None,
 ) -> tuple[RepositoryRecord, JobRecord]:
-    """Store the repository with the caller's token and queue its clone."""
+    """Store the repository with the caller's token and queue its clone
+    (a revoked one: registered again, see ``_register_again``)."""
     runner.ensure_accepting()
     tracked = branch or access.default_branch
     if not tracked:
@@ -41,6 +47,11 @@ async def register(
         raise Conflict(
             f"{access.owner}/{access.name}: its default branch {tracked!r} is not"
             " a name Hobotnica passes to git; name the branch to track"
+        )
+    existing = await storage.repositories.get(access.owner, access.name)
+    if existing is not None and existing.status is RepositoryStatus.REVOKED:
+        return await _register_again(
+            storage, box, runner, existing, login=login, token=token, branch=tracked
         )
     try:
         async with storage.db.transaction() as conn:
@@ -67,6 +78,40 @@ async def register(
         raise Conflict(f"{access.owner}/{access.name} is registered already") from None
     runner.announce(repository, job)
     return repository, job
+
+
+async def _register_again(
+    storage: Storage,
+    box: SecretBox,
+    runner: JobRunner,
+    repository: RepositoryRecord,
+    *,
+    login: str,
+    token: str,
+    branch: str,
+) -> tuple[RepositoryRecord, JobRecord]:
+    """A revoked repository registered again: the caller's token, a new
+    clone; its webhook (URL and secret), env and jobs stay."""
+    async with storage.db.transaction() as conn:
+        again = await storage.repositories.register_again(
+            conn,
+            repository.id,
+            branch=branch,
+            registered_by=login,
+            token_encrypted=box.encrypt(token),
+        )
+        if again is None:  # registered again (or deleted) meanwhile
+            raise Conflict(f"{repository.full_name} is registered already")
+        job, _ = await storage.jobs.enqueue(
+            conn,
+            repository_id=again.id,
+            kind=JobKind.CLONE,
+            ref=branch,
+            sha=None,
+            trigger={"type": "register", "user": login},
+        )
+    runner.announce(again, job)
+    return again, job
 
 
 async def unregister(

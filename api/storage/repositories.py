@@ -121,6 +121,35 @@ class RepositoryStore:
             (time.time(), repository_id),
         )
 
+    async def register_again(
+        self,
+        conn: aiosqlite.Connection,
+        repository_id: int,
+        *,
+        branch: str,
+        registered_by: str,
+        token_encrypted: str,
+    ) -> RepositoryRecord | None:
+        """A ``revoked`` repository back to ``cloning`` with a new token (its
+        webhook, env and jobs kept); None unless it is revoked."""
+        rows = list(
+            await conn.execute_fetchall(
+                "UPDATE repositories SET status = ?, status_detail = NULL,"
+                " branch = ?, registered_by = ?, token_encrypted = ?,"
+                " updated_at = ? WHERE id = ? AND status = ? RETURNING *",
+                (
+                    RepositoryStatus.CLONING,
+                    branch,
+                    registered_by,
+                    token_encrypted,
+                    time.time(),
+                    repository_id,
+                    RepositoryStatus.REVOKED,
+                ),
+            )
+        )
+        return RepositoryRecord.from_row(rows[0]) if rows else None
+
     async def status_in(
         self, conn: aiosqlite.Connection, repository_id: int
     ) -> RepositoryStatus | None:
