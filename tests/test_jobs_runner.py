@@ -385,6 +385,27 @@ async def test_what_a_job_does_to_dot_git_never_reaches_the_next_job(
     assert not leak.exists()
 
 
+async def test_a_daemon_in_a_session_of_its_own_ends_with_its_job(
+    client: Client, remote: GitRemote
+) -> None:
+    """`setsid` takes a process out of the job's process group; the job's
+    marker still finds it when the job ends."""
+    remote.commit(
+        {
+            "Makefile": "deploy:\n"
+            "\t@setsid sleep 44.4403 >/dev/null 2>&1 </dev/null & sleep 0.3\n"
+        }
+    )
+    await register(client)
+    number = int((await deploy(client))["number"])
+    assert (await wait_for_job(client, number))["status"] == "success"
+    for _ in range(100):
+        if not processes_with(b"44.4403"):
+            break
+        await asyncio.sleep(0.02)
+    assert processes_with(b"44.4403") == []
+
+
 async def test_log_offset_returns_exactly_the_stored_bytes(
     client: Client, remote: GitRemote
 ) -> None:

@@ -5,7 +5,9 @@ environment (``executor.MARKER_NAME``), and so has everything those start in
 turn, whatever process group or session they move to. A server that finds
 running jobs of a dead instance looks for that instance's marker in /proc
 and kills the marked processes together with their process groups (so that
-members which dropped the variable go too).
+members which dropped the variable go too). At the end of each job the same
+is done for its own marker: a daemon that started a session of its own
+outlives the job's process group.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 
 from api.jobs.executor import MARKER_NAME
 
 PROC = "/proc"
 
 
-def marked_processes(prefix: str) -> list[int]:
-    """Pids whose ``MARKER_NAME`` value starts with ``prefix`` (Linux; only
-    processes whose environment this user may read)."""
+def marked_processes(prefix: str, *, exact: bool = False) -> list[int]:
+    """Pids whose ``MARKER_NAME`` value starts with ``prefix`` (is it, with
+    ``exact``) (Linux; only processes whose environment this user may read)."""
     wanted = f"{MARKER_NAME}={prefix}".encode()
     found = []
     with contextlib.suppress(FileNotFoundError), os.scandir(PROC) as entries:
@@ -33,15 +36,20 @@ def marked_processes(prefix: str) -> list[int]:
                     environ = file.read()
             except OSError:  # gone, or not ours
                 continue
-            if any(item.startswith(wanted) for item in environ.split(b"\0")):
+            items = environ.split(b"\0")
+            if wanted in items if exact else any(map(_starts(wanted), items)):
                 found.append(int(entry.name))
     return found
 
 
-def kill_marked(prefix: str) -> int:
+def _starts(prefix: bytes) -> Callable[[bytes], bool]:
+    return lambda item: item.startswith(prefix)
+
+
+def kill_marked(prefix: str, *, exact: bool = False) -> int:
     """SIGKILL the marked processes and their process groups; returns how
     many marked processes there were."""
-    pids = marked_processes(prefix)
+    pids = marked_processes(prefix, exact=exact)
     groups = set()
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):

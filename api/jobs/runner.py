@@ -526,6 +526,9 @@ class JobRunner:
         finally:
             if plan.early_fetch is not None:  # the job ended before adopting it
                 await plan.early_fetch.stop()
+            # Whatever left the job's process group (setsid) goes too.
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(leftovers.kill_marked, plan.marker, exact=True)
             if self.running.get(job.id) is running:
                 del self.running[job.id]
             running.output.set()
