@@ -269,6 +269,13 @@ async def test_require_tests_without_sha_takes_the_latest_tested_head(
     assert status == 202, job
     assert job["sha"] == green
     await wait_for_job(client, job["number"])
+    # The branch by its full name is the same branch.
+    status, job = await deploy(
+        client, {"ref": "refs/heads/main", "require_tests": True}, auth_headers()
+    )
+    assert status == 202, job
+    assert (job["ref"], job["sha"]) == ("main", green)
+    assert (await wait_for_job(client, job["number"]))["status"] == "success"
 
 
 async def test_require_tests_refuses_a_sha_whose_test_is_still_running(

@@ -30,7 +30,8 @@ async def queue_deploy(
     runner.ensure_accepting()
     if repository.status is RepositoryStatus.REVOKED:
         raise Conflict(f"{repository.full_name}: access was revoked; register it again")
-    ref = ref or repository.branch
+    # A branch by its full name is the branch (test jobs record the short one).
+    ref = (ref or repository.branch).removeprefix("refs/heads/")
     if require_tests:
         sha = await _tested_sha(storage, repository, ref, sha)
     async with storage.db.transaction() as conn:
