@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from api.jobs.git import (
     is_auth_failure,
     is_sha,
     remove_stale_locks,
+    restore_git_state,
     rev_parse,
     safe_ref,
 )
@@ -408,3 +410,33 @@ def test_is_auth_failure(output: str) -> None:
 )
 def test_is_not_auth_failure(output: str) -> None:
     assert not is_auth_failure(output)
+
+
+def test_restore_git_state_removes_through_no_link(tmp_path: Path) -> None:
+    """Links a job planted under .git are removed, never followed: the
+    files they point to stay as they are."""
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    precious = outside / "precious"
+    precious.write_text("keep me")
+    (outside / "attributes").write_text("* text eol=crlf\n")
+    git_dir = repo / ".git"
+    shutil.rmtree(git_dir / "hooks")
+    (git_dir / "hooks").symlink_to(outside)
+    shutil.rmtree(git_dir / "info")
+    (git_dir / "info").symlink_to(outside)
+    (git_dir / "config.hobotnica").symlink_to(precious)
+    url = "file:///srv/remotes/o/r.git"
+    notes = restore_git_state(repo, url=url, branch='we"ird\\name')
+    assert precious.read_text() == "keep me"
+    assert (outside / "attributes").exists()
+    assert not (git_dir / "hooks").exists() and not (git_dir / "info").exists()
+    assert "[hobotnica] removed git hooks" in notes
+    assert git(repo, "config", "remote.origin.url") == url
+    assert git(repo, "config", "--get-regexp", "^branch\\.") == (
+        'branch.we"ird\\name.remote origin\n'
+        'branch.we"ird\\name.merge refs/heads/we"ird\\name'
+    )
+    assert restore_git_state(repo, url=url, branch='we"ird\\name') == []

@@ -290,24 +290,42 @@ def restore_git_state(repo: Path, *, url: str, branch: str) -> list[str]:
         current = None
     if current != config:
         temporary = git_dir / "config.hobotnica"
-        temporary.write_text(config)
+        _remove(temporary)  # never write through a link planted there
+        with temporary.open("x") as file:
+            file.write(config)
         os.replace(temporary, path)
         if current is not None:
             notes.append("[hobotnica] .git/config had changed: restored")
     hooks = git_dir / "hooks"
-    if hooks.is_dir():
-        if any(not name.endswith(".sample") for name in os.listdir(hooks)):
-            notes.append("[hobotnica] removed git hooks")
-        shutil.rmtree(hooks)
+    samples_only = (
+        hooks.is_dir()
+        and not hooks.is_symlink()
+        and all(name.endswith(".sample") for name in os.listdir(hooks))
+    )
+    if _remove(hooks) and not samples_only:  # git clone's samples never run
+        notes.append("[hobotnica] removed git hooks")
+    if (git_dir / "info").is_symlink():
+        _remove(git_dir / "info")
+        notes.append("[hobotnica] removed .git/info")
     for name in _STEERING_FILES:
-        steering = git_dir / name
-        if steering.is_file():
-            steering.unlink()
+        if _remove(git_dir / name):
             notes.append(f"[hobotnica] removed .git/{name}")
     if _index_version(git_dir / "index") not in (None, 2):
         (git_dir / "index").unlink()
         notes.append("[hobotnica] .git/index had flagged entries: rebuilt")
     return notes
+
+
+def _remove(path: Path) -> bool:
+    """Remove a file, a link (not what it points to) or a directory tree;
+    whether there was one."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return True
+    if path.is_dir():
+        shutil.rmtree(path)
+        return True
+    return False
 
 
 def _escaped(value: str) -> str:
