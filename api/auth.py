@@ -85,7 +85,11 @@ async def authorize_registered(
     owner, name = request.match_info["owner"], request.match_info["name"]
     allowed = await authorize_repository(request, owner, name, push=push)
     repository = await request.app[STORAGE].repositories.get(owner, name)
-    if repository is None:
+    # GitHub answered for the repository that has this name now: the
+    # registration is not its own if it was made for another one.
+    if repository is None or not repository.is_github_repository(
+        allowed.access.node_id
+    ):
         raise NotFound(f"{owner}/{name} is not registered with Hobotnica")
     return allowed, repository
 

@@ -84,8 +84,9 @@ async def test_repository_access(
 ) -> None:
     client = make_client(session, fake)
     access = await client.repository_access(TOKEN, "OCTO-ORG", "hello-world")
+    node_id = fake.repos["octo-org", "hello-world"].node_id
     assert access == RepositoryAccess(
-        "octo-org", "Hello-World", Permission.WRITE, "main", False
+        "octo-org", "Hello-World", Permission.WRITE, "main", False, node_id
     )
     hubot = await client.repository_access("ghp_hubot", "octo-org", "hello-world")
     assert hubot.permission is Permission.READ  # public: everyone reads

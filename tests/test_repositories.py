@@ -462,6 +462,43 @@ async def test_a_revoked_repository_can_be_registered_again(
     assert (await wait_for_job(client, int(pushed["number"])))["status"] == "success"
 
 
+async def test_another_repository_under_the_registered_name_is_not_it(
+    client: Client, remote: GitRemote, github: FakeGitHub
+) -> None:
+    """octocat/hello is renamed on GitHub and a new octocat/hello created:
+    the registration (its token, env, webhook secret) is not the new one's."""
+    await register(client)
+    old = github.repos.pop(("octocat", "hello"))
+    old.name = "hello-old"
+    github.repos["octocat", "hello-old"] = old
+    github.add_repo(
+        "octocat", "hello", permissions={READER: "WRITE", "octocat": "ADMIN"}
+    )
+    url = "/api/repositories/octocat/hello"
+    reader = auth_headers(READER, READER_TOKEN)
+    assert (await client.get(url, headers=reader)).status == 404
+    deploy = await client.post(f"{url}/deploys", json={}, headers=reader)
+    assert deploy.status == 404
+    app = client.app
+    checker = AccessChecker(
+        app[SETTINGS], app[STORAGE], app[SECRET_BOX], app[GITHUB], app[RUNNER]
+    )
+    assert await checker.check_all() == 1
+    record = await app[STORAGE].repositories.get("octocat", "hello")
+    assert record is not None
+    assert (record.status, record.status_detail) == (
+        "revoked",
+        "another repository on GitHub has its name now",
+    )
+    again = await client.post(
+        "/api/repositories",
+        json={"owner": "octocat", "name": "hello"},
+        headers=auth_headers(),
+    )
+    assert again.status == 409
+    assert "delete the registration first" in (await again.json())["detail"]
+
+
 async def test_clone_failure_marks_the_repository_failed(
     client: Client, github: FakeGitHub
 ) -> None:

@@ -16,9 +16,12 @@ import pytest
 
 from api.crypto import SecretBox, load_or_create_key
 from api.storage import Storage
+from api.storage.db import migration_scripts
 from api.storage.records import JobKind, JobStatus
 
 ROOT = Path(__file__).parent.parent
+
+MIGRATIONS = [version for version, _, _ in migration_scripts()]
 
 
 async def add_repository(storage: Storage, name: str) -> int:
@@ -49,7 +52,7 @@ async def test_a_second_start_keeps_the_data(tmp_path: Path) -> None:
     assert again is not None
     assert again.id == repository_id
     versions = await second.db.fetch_all("SELECT version FROM schema_migrations")
-    assert [row[0] for row in versions] == [1]
+    assert [row[0] for row in versions] == MIGRATIONS
     assert await second.db.fetch_value("PRAGMA journal_mode") == "wal"
     await second.close()
 
@@ -118,7 +121,7 @@ def test_processes_starting_at_once_all_come_up(tmp_path: Path) -> None:
     ]
     outputs = [process.communicate(timeout=60) for process in processes]
     assert [process.returncode for process in processes] == [0] * 4, outputs
-    assert [out.strip() for out, _ in outputs] == [b"1"] * 4
+    assert [out.strip() for out, _ in outputs] == [str(len(MIGRATIONS)).encode()] * 4
 
 
 async def test_claims_from_two_connections_never_overlap(tmp_path: Path) -> None:
@@ -205,7 +208,8 @@ def test_the_built_wheel_ships_the_schema_and_migrations(tmp_path: Path) -> None
         names = set(archive.namelist())
         assert "api/openapi.yaml" in names
         assert archive.read("api/openapi.yaml") == (ROOT / "openapi.yaml").read_bytes()
-        assert "api/storage/migrations/0001_initial.sql" in names
+        for migration in (ROOT / "api" / "storage" / "migrations").glob("*.sql"):
+            assert f"api/storage/migrations/{migration.name}" in names
         assert any(name.endswith("entry_points.txt") for name in names)
 
 

@@ -42,6 +42,8 @@ class RepositoryAccess:
     permission: Permission | None
     default_branch: str | None
     is_private: bool
+    # GitHub's node id: the repository, whatever its name (None if unknown).
+    node_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ K = TypeVar("K", bound=Hashable)
 VIEWER_QUERY = "query Viewer { viewer { login name } }"
 
 _REPOSITORY_FIELDS = (
-    "name owner { login } viewerPermission isPrivate defaultBranchRef { name }"
+    "id name owner { login } viewerPermission isPrivate defaultBranchRef { name }"
 )
 REPOSITORY_QUERY = (
     "query Repository($owner: String!, $name: String!) "
@@ -141,6 +141,7 @@ def read_repository(node: Any) -> RepositoryAccess | None:
         permission=_permission(node.get("viewerPermission")),
         default_branch=_text(branch, "name") if isinstance(branch, Mapping) else None,
         is_private=bool(node.get("isPrivate")),
+        node_id=node["id"] if isinstance(node.get("id"), str) else None,
     )
 
 

@@ -92,13 +92,16 @@ class AccessChecker:
             )
             return False
         else:
-            if access.permission is not None and access.permission.can_read:
+            if not repository.is_github_repository(access.node_id):
+                reason = "another repository on GitHub has its name now"
+            elif access.permission is not None and access.permission.can_read:
                 async with self.storage.db.transaction() as conn:
                     await self.storage.repositories.mark_access_checked(
                         conn, repository.id
                     )
                 return False
-            reason = "the stored token has no access to the repository"
+            else:
+                reason = "the stored token has no access to the repository"
         await self.revoke(repository, reason)
         return True
 

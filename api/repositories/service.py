@@ -50,8 +50,20 @@ async def register(
         )
     existing = await storage.repositories.get(access.owner, access.name)
     if existing is not None and existing.status is RepositoryStatus.REVOKED:
+        if not existing.is_github_repository(access.node_id):
+            raise Conflict(
+                f"{access.owner}/{access.name} is another repository on GitHub now"
+                " than the one registered: delete the registration first"
+            )
         return await _register_again(
-            storage, box, runner, existing, login=login, token=token, branch=tracked
+            storage,
+            box,
+            runner,
+            existing,
+            access,
+            login=login,
+            token=token,
+            branch=tracked,
         )
     try:
         async with storage.db.transaction() as conn:
@@ -65,6 +77,7 @@ async def register(
                 token_encrypted=box.encrypt(token),
                 webhook_uid=secrets.token_urlsafe(24),
                 webhook_secret_encrypted=box.encrypt(secrets.token_hex(32)),
+                github_id=access.node_id,
             )
             job, _ = await storage.jobs.enqueue(
                 conn,
@@ -85,6 +98,7 @@ async def _register_again(
     box: SecretBox,
     runner: JobRunner,
     repository: RepositoryRecord,
+    access: RepositoryAccess,
     *,
     login: str,
     token: str,
@@ -99,6 +113,7 @@ async def _register_again(
             branch=branch,
             registered_by=login,
             token_encrypted=box.encrypt(token),
+            github_id=access.node_id,
         )
         if again is None:  # registered again (or deleted) meanwhile
             raise Conflict(f"{repository.full_name} is registered already")

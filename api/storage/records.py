@@ -54,10 +54,17 @@ class RepositoryRecord:
     webhook_secret_encrypted: str
     created_at: float
     updated_at: float
+    github_id: str | None = None  # GitHub's node id (see migration 0002)
 
     @property
     def full_name(self) -> str:
         return f"{self.owner}/{self.name}"
+
+    def is_github_repository(self, node_id: str | None) -> bool:
+        """Whether GitHub's repository ``node_id`` (the one that has this
+        name now) is the registered one; unknown ids (registrations from
+        before they were stored) count as the same."""
+        return self.github_id is None or node_id is None or self.github_id == node_id
 
     @classmethod
     def from_row(cls, row: Row) -> RepositoryRecord:
@@ -75,6 +82,7 @@ class RepositoryRecord:
             webhook_secret_encrypted=row["webhook_secret_encrypted"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            github_id=row["github_id"],
         )
 
 

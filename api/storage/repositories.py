@@ -35,14 +35,15 @@ class RepositoryStore:
         token_encrypted: str,
         webhook_uid: str,
         webhook_secret_encrypted: str,
+        github_id: str | None = None,
     ) -> RepositoryRecord:
         now = time.time()
         try:
             cursor = await conn.execute(
                 "INSERT INTO repositories (owner, name, branch, status, private,"
                 " registered_by, token_encrypted, webhook_uid,"
-                " webhook_secret_encrypted, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                " webhook_secret_encrypted, created_at, updated_at, github_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (
                     owner,
                     name,
@@ -55,6 +56,7 @@ class RepositoryStore:
                     webhook_secret_encrypted,
                     now,
                     now,
+                    github_id,
                 ),
             )
         except sqlite3.IntegrityError as err:
@@ -129,6 +131,7 @@ class RepositoryStore:
         branch: str,
         registered_by: str,
         token_encrypted: str,
+        github_id: str | None,
     ) -> RepositoryRecord | None:
         """A ``revoked`` repository back to ``cloning`` with a new token (its
         webhook, env and jobs kept); None unless it is revoked."""
@@ -136,12 +139,14 @@ class RepositoryStore:
             await conn.execute_fetchall(
                 "UPDATE repositories SET status = ?, status_detail = NULL,"
                 " branch = ?, registered_by = ?, token_encrypted = ?,"
-                " updated_at = ? WHERE id = ? AND status = ? RETURNING *",
+                " github_id = ?, updated_at = ? WHERE id = ? AND status = ?"
+                " RETURNING *",
                 (
                     RepositoryStatus.CLONING,
                     branch,
                     registered_by,
                     token_encrypted,
+                    github_id,
                     time.time(),
                     repository_id,
                     RepositoryStatus.REVOKED,

@@ -60,6 +60,8 @@ class FakeRepo:
     private: bool = False
     permissions: dict[str, str] = field(default_factory=dict)
     exists: bool = True
+    # GitHub's node id: a new repository gets a new one, a rename keeps it.
+    node_id: str = field(default_factory=lambda: f"R_{uuid.uuid4().hex[:16]}")
 
     def permission_of(self, login: str) -> str | None:
         """The viewer's permission, or None when the repository is invisible."""
@@ -322,6 +324,7 @@ type Organization { login: String! name: String viewerCanAdminister: Boolean! }
 type RepositoryOwner { login: String! }
 type Ref { name: String! }
 type Repository {
+  id: ID!
   name: String! nameWithOwner: String! owner: RepositoryOwner! isPrivate: Boolean!
   viewerPermission: RepositoryPermission defaultBranchRef: Ref
 }
@@ -357,6 +360,7 @@ class _Root:
             )
         branch = {"name": repo.default_branch} if repo.default_branch else None
         return {
+            "id": repo.node_id,
             "name": repo.name,
             "nameWithOwner": f"{repo.owner}/{repo.name}",
             "owner": {"login": repo.owner},
