@@ -6,6 +6,8 @@ import asyncio
 import secrets
 import shutil
 
+from aiosqlite import Connection
+
 from api.crypto import SecretBox
 from api.errors import Conflict, ValidationFailed
 from api.github import GitHubClient, Permission, RepositoryAccess, RepositoryNotFound
@@ -79,14 +81,7 @@ async def register(
                 webhook_secret_encrypted=box.encrypt(secrets.token_hex(32)),
                 github_id=access.node_id,
             )
-            job, _ = await storage.jobs.enqueue(
-                conn,
-                repository_id=repository.id,
-                kind=JobKind.CLONE,
-                ref=tracked,
-                sha=None,
-                trigger={"type": "register", "user": login},
-            )
+            job = await _queue_clone(storage, conn, repository.id, tracked, login)
     except RepositoryExists:
         raise Conflict(f"{access.owner}/{access.name} is registered already") from None
     runner.announce(repository, job)
@@ -117,16 +112,23 @@ async def _register_again(
         )
         if again is None:  # registered again (or deleted) meanwhile
             raise Conflict(f"{repository.full_name} is registered already")
-        job, _ = await storage.jobs.enqueue(
-            conn,
-            repository_id=again.id,
-            kind=JobKind.CLONE,
-            ref=branch,
-            sha=None,
-            trigger={"type": "register", "user": login},
-        )
+        job = await _queue_clone(storage, conn, again.id, branch, login)
     runner.announce(again, job)
     return again, job
+
+
+async def _queue_clone(
+    storage: Storage, conn: Connection, repository_id: int, branch: str, login: str
+) -> JobRecord:
+    job, _ = await storage.jobs.enqueue(
+        conn,
+        repository_id=repository_id,
+        kind=JobKind.CLONE,
+        ref=branch,
+        sha=None,
+        trigger={"type": "register", "user": login},
+    )
+    return job
 
 
 async def unregister(
