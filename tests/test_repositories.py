@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import ClientResponse
 
 from api.jobs import git
 from api.jobs.leftovers import marked_processes
@@ -29,13 +30,18 @@ from tests.support import (
 pytestmark = pytest.mark.integrational
 
 
+async def post_registration(
+    client: Client, body: dict[str, Any], headers: dict[str, str]
+) -> ClientResponse:
+    """``POST /api/repositories`` as it is, its answer not checked."""
+    return await client.post("/api/repositories", json=body, headers=headers)
+
+
 async def test_register_clones_and_becomes_ready(
     client: Client, remote: GitRemote, settings: Settings
 ) -> None:
-    response = await client.post(
-        "/api/repositories",
-        json={"owner": "octocat", "name": "hello"},
-        headers=auth_headers(),
+    response = await post_registration(
+        client, {"owner": "octocat", "name": "hello"}, auth_headers()
     )
     assert response.status == 202
     body = await response.json()
@@ -59,10 +65,8 @@ async def test_register_clones_and_becomes_ready(
 
 async def test_register_twice_is_409(client: Client, remote: GitRemote) -> None:
     await register(client)
-    response = await client.post(
-        "/api/repositories",
-        json={"owner": "OctoCat", "name": "Hello"},
-        headers=auth_headers(),
+    response = await post_registration(
+        client, {"owner": "OctoCat", "name": "Hello"}, auth_headers()
     )
     assert response.status == 409
     assert "registered already" in (await response.json())["detail"]
@@ -72,29 +76,25 @@ async def test_a_default_branch_git_would_refuse_is_409_and_stores_nothing(
     client: Client, remote: GitRemote, github: FakeGitHub
 ) -> None:
     github.repos["octocat", "hello"].default_branch = "+odd"
-    response = await client.post(
-        "/api/repositories",
-        json={"owner": "octocat", "name": "hello"},
-        headers=auth_headers(),
+    response = await post_registration(
+        client, {"owner": "octocat", "name": "hello"}, auth_headers()
     )
     assert response.status == 409
     assert "name the branch to track" in (await response.json())["detail"]
     listing = await client.get("/api/repositories", headers=auth_headers())
     assert (await listing.json())["total"] == 0
-    response = await client.post(
-        "/api/repositories",
-        json={"owner": "octocat", "name": "hello", "branch": "main"},
-        headers=auth_headers(),
+    response = await post_registration(
+        client, {"owner": "octocat", "name": "hello", "branch": "main"}, auth_headers()
     )
     assert response.status == 202
     assert (await wait_for_job(client, 1))["status"] == "success"
 
 
 async def test_register_needs_push_rights(client: Client, remote: GitRemote) -> None:
-    response = await client.post(
-        "/api/repositories",
-        json={"owner": "octocat", "name": "hello"},
-        headers=auth_headers(READER, READER_TOKEN),
+    response = await post_registration(
+        client,
+        {"owner": "octocat", "name": "hello"},
+        auth_headers(READER, READER_TOKEN),
     )
     assert response.status == 403
     listing = await client.get("/api/repositories", headers=auth_headers())
@@ -102,10 +102,8 @@ async def test_register_needs_push_rights(client: Client, remote: GitRemote) -> 
 
 
 async def test_unknown_repository_is_404(client: Client) -> None:
-    response = await client.post(
-        "/api/repositories",
-        json={"owner": "octocat", "name": "nope"},
-        headers=auth_headers(),
+    response = await post_registration(
+        client, {"owner": "octocat", "name": "nope"}, auth_headers()
     )
     assert response.status == 404
 
@@ -225,10 +223,8 @@ async def test_delete_removes_clone_logs_and_records(
     assert not any((settings.data_dir / "logs").iterdir())
     gone = await client.get("/api/repositories/octocat/hello", headers=auth_headers())
     assert gone.status == 404
-    again = await client.post(
-        "/api/repositories",
-        json={"owner": "octocat", "name": "hello"},
-        headers=auth_headers(),
+    again = await post_registration(
+        client, {"owner": "octocat", "name": "hello"}, auth_headers()
     )
     assert again.status == 202
 
@@ -373,10 +369,8 @@ async def test_a_cancelled_clone_is_made_good_by_the_next_job(
 ) -> None:
     """The clone is cancelled (repository ``failed``); the next job clones
     again and runs make: the repository is ``ready`` again."""
-    response = await client.post(
-        "/api/repositories",
-        json={"owner": "octocat", "name": "hello"},
-        headers=auth_headers(),
+    response = await post_registration(
+        client, {"owner": "octocat", "name": "hello"}, auth_headers()
     )
     assert response.status == 202
     cancel = await client.post(
@@ -400,10 +394,8 @@ async def test_a_repository_revoked_during_its_clone_stays_revoked(
     """The revoke cancels the running clone; the clone's end must not set
     the repository back to ``failed`` (nor ``ready``)."""
     monkeypatch.setattr(git, "clone_steps", lambda *args: [["sleep", "30"]])
-    response = await client.post(
-        "/api/repositories",
-        json={"owner": "octocat", "name": "hello"},
-        headers=auth_headers(),
+    response = await post_registration(
+        client, {"owner": "octocat", "name": "hello"}, auth_headers()
     )
     assert response.status == 202
     await wait_for_job(client, 1, statuses={"running"})
@@ -442,10 +434,8 @@ async def test_a_revoked_repository_can_be_registered_again(
     refused = await client.post(f"{url}/deploys", json={}, headers=auth_headers())
     assert refused.status == 409
     assert "register it again" in (await refused.json())["detail"]
-    again = await client.post(
-        "/api/repositories",
-        json={"owner": "octocat", "name": "hello"},
-        headers=auth_headers(),
+    again = await post_registration(
+        client, {"owner": "octocat", "name": "hello"}, auth_headers()
     )
     assert again.status == 202, await again.text()
     body = await again.json()
@@ -490,10 +480,8 @@ async def test_another_repository_under_the_registered_name_is_not_it(
         "revoked",
         "another repository on GitHub has its name now",
     )
-    again = await client.post(
-        "/api/repositories",
-        json={"owner": "octocat", "name": "hello"},
-        headers=auth_headers(),
+    again = await post_registration(
+        client, {"owner": "octocat", "name": "hello"}, auth_headers()
     )
     assert again.status == 409
     assert "delete the registration first" in (await again.json())["detail"]
@@ -503,10 +491,8 @@ async def test_clone_failure_marks_the_repository_failed(
     client: Client, github: FakeGitHub
 ) -> None:
     github.add_repo("octocat", "empty", permissions={"octocat": "ADMIN"})
-    response = await client.post(
-        "/api/repositories",
-        json={"owner": "octocat", "name": "empty"},
-        headers=auth_headers(),
+    response = await post_registration(
+        client, {"owner": "octocat", "name": "empty"}, auth_headers()
     )
     assert response.status == 202
     job = await wait_for_job(client, 1, name="empty")
