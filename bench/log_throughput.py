@@ -20,11 +20,19 @@ over the value right before the push. Server CPU is user + system time of the
 server process over the job (its own work, not the job's processes).
 Then the whole log is read back with one GET (``/log``, no offset): its
 speed and the server's peak VmRSS growth while it serves it.
+
+On a shared 2-core VM one round's wall time moves by +-25 % (the producer
+alone keeps both cores busy, so whatever else runs shows), far more than the
+10 % the target allows: the default is 16 rounds, and beside the ratio of the
+medians (the target's figure) each subject's median of per-round ratios is
+shown (its run against the baseline's of the same round), which slow
+minutes of the VM touch less.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -227,11 +235,19 @@ def run(size: int, rounds: int, keep: bool) -> dict[str, list[Row]]:
         return rows
 
 
+def paired_ratio(values: list[Row], baseline: list[Row]) -> float:
+    """The median over rounds of a subject's wall time over the baseline's."""
+    return statistics.median(
+        ratio(row.wall, base.wall) for row, base in zip(values, baseline, strict=True)
+    )
+
+
 def report(rows: dict[str, list[Row]], size: int, rounds: int) -> bool:
     print(
         f"# log_throughput: {size / 1e6:.0f} MB of output, {rounds} rounds; {machine()}"
     )
-    base = Summary.of([row.wall for row in rows["baseline"]])
+    baseline = rows["baseline"]
+    base = Summary.of([row.wall for row in baseline])
     passed = True
     results = []
     for name, values in rows.items():
@@ -241,6 +257,7 @@ def report(rows: dict[str, list[Row]], size: int, rounds: int) -> bool:
             f"{name:17}  wall median {wall.median:6.3f} s p90 {wall.p90:6.3f} s"
             f" ({megabytes / wall.median:4.0f} MB/s, {megabytes:.0f} MB stored)"
             f"  x{ratio(wall.median, base.median):.2f} baseline"
+            f" (per round x{paired_ratio(values, baseline):.2f})"
         )
         if name.startswith("hobotnica"):
             total = Summary.of([row.total for row in values])
@@ -258,7 +275,8 @@ def report(rows: dict[str, list[Row]], size: int, rounds: int) -> bool:
             )
             results.append(
                 f"RESULT log_throughput {name} x{wall_ratio:.2f} baseline"
-                f" (target <= x{TARGET_RATIO}), RSS growth {growth:.1f} MB"
+                f" (target <= x{TARGET_RATIO}; median of per-round ratios"
+                f" x{paired_ratio(values, baseline):.2f}), RSS growth {growth:.1f} MB"
                 f" (target < {TARGET_RSS_MB:.0f} MB), server CPU"
                 f" {cpu.median:.2f} s per {megabytes:.0f} MB"
             )
@@ -274,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--size", type=int, default=200_000_000, help="bytes printed (200000000)"
     )
-    parser.add_argument("--rounds", type=int, default=5, help="runs per subject (5)")
+    parser.add_argument("--rounds", type=int, default=16, help="runs per subject (16)")
     args = parser.parse_args(argv)
     use_source(args.source)
     report(run(args.size, args.rounds, args.keep), args.size, args.rounds)

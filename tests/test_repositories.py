@@ -487,6 +487,34 @@ async def test_another_repository_under_the_registered_name_is_not_it(
     assert "delete the registration first" in (await again.json())["detail"]
 
 
+async def test_an_access_check_binds_an_older_registration_to_its_repository(
+    client: Client, github: FakeGitHub
+) -> None:
+    """A registration stored before node ids were (no ``github_id``) gets
+    the id of the repository its token reads at the next access check; a
+    new repository under the name later is then told apart."""
+    await register(client)
+    app = client.app
+    storage = app[STORAGE]
+    await storage.db.execute_write(
+        "UPDATE repositories SET github_id = NULL WHERE owner = 'octocat'"
+    )
+    checker = AccessChecker(
+        app[SETTINGS], storage, app[SECRET_BOX], app[GITHUB], app[RUNNER]
+    )
+    assert await checker.check_all() == 0
+    record = await storage.repositories.get("octocat", "hello")
+    assert record is not None
+    assert record.github_id == github.repos["octocat", "hello"].node_id
+    old = github.repos.pop(("octocat", "hello"))
+    github.repos["octocat", "hello-old"] = old
+    github.add_repo("octocat", "hello", permissions={"octocat": "ADMIN"})
+    assert await checker.check_all() == 1
+    record = await storage.repositories.get("octocat", "hello")
+    assert record is not None
+    assert record.status_detail == "another repository on GitHub has its name now"
+
+
 async def test_clone_failure_marks_the_repository_failed(
     client: Client, github: FakeGitHub
 ) -> None:

@@ -97,7 +97,7 @@ class AccessChecker:
             elif access.permission is not None and access.permission.can_read:
                 async with self.storage.db.transaction() as conn:
                     await self.storage.repositories.mark_access_checked(
-                        conn, repository.id
+                        conn, repository.id, access.node_id
                     )
                 return False
             else:

@@ -116,11 +116,14 @@ class RepositoryStore:
         )
 
     async def mark_access_checked(
-        self, conn: aiosqlite.Connection, repository_id: int
+        self, conn: aiosqlite.Connection, repository_id: int, github_id: str | None
     ) -> None:
+        """Record a passed access check; a registration made before GitHub's
+        node id was stored (migration 0002) is bound to ``github_id`` now."""
         await conn.execute(
-            "UPDATE repositories SET access_checked_at = ? WHERE id = ?",
-            (time.time(), repository_id),
+            "UPDATE repositories SET access_checked_at = ?,"
+            " github_id = COALESCE(github_id, ?) WHERE id = ?",
+            (time.time(), github_id, repository_id),
         )
 
     async def register_again(
