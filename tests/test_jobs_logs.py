@@ -15,19 +15,27 @@ from api.jobs.logs import LogWriter, SecretMasker, follow_log, open_log
 
 
 def reference_mask(data: bytes, secrets: Iterable[str]) -> bytes:
-    """Leftmost-longest replacement, the slow obvious way."""
-    values = sorted({s.encode() for s in secrets if s}, key=len, reverse=True)
-    out = bytearray()
-    i = 0
-    while i < len(data):
-        hit = next((v for v in values if data.startswith(v, i)), None)
-        if hit is None:
-            out.append(data[i])
-            i += 1
+    """Every occurrence of every secret, overlapping ones as one run, each
+    run replaced by ``***``: the slow obvious way."""
+    values = {s.encode() for s in secrets if s}
+    spans = sorted(
+        (i, i + len(v))
+        for v in values
+        for i in range(len(data))
+        if data.startswith(v, i)
+    )
+    runs: list[list[int]] = []
+    for start, end in spans:
+        if runs and start < runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], end)
         else:
-            out += b"***"
-            i += len(hit)
-    return bytes(out)
+            runs.append([start, end])
+    out = bytearray()
+    position = 0
+    for start, end in runs:
+        out += data[position:start] + b"***"
+        position = end
+    return bytes(out + data[position:])
 
 
 def stream(masker: SecretMasker, chunks: Iterable[bytes]) -> bytes:
@@ -47,7 +55,11 @@ def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
         ([], b"nothing to hide", b"nothing to hide"),
         (["", "k"], b"kayak", b"***aya***"),  # empty ignored, 1 char masked
         (["ab"], b"xabx", b"x***x"),
-        (["abc", "bcd"], b"abcd", b"***d"),  # overlap: the leftmost wins
+        (["abc", "bcd"], b"abcd", b"***"),  # overlapping: masked together
+        (["abc", "bcdef"], b"xabcdefx", b"x***x"),
+        (["ab", "bc", "cd", "de"], b"abcde", b"***"),  # a chain of overlaps
+        (["ab", "cd"], b"abcd", b"******"),  # touching: one by one
+        (["bc", "abcd"], b"abcd bc", b"*** ***"),  # inside another
         (["abc", "abcdef"], b"abcdefg abcx", b"***g ***x"),  # prefix: longest
         (["a.b*c"], b"a.b*c axbbc", b"*** axbbc"),  # no regex meaning
         (["пароль"], "мой пароль".encode(), "мой ".encode() + b"***"),
@@ -93,7 +105,8 @@ def test_holds_back_only_what_may_start_a_secret() -> None:
 def test_holds_back_at_most_longest_minus_one() -> None:
     masker = SecretMasker(["aaaa"])
     assert masker.feed(b"aaa") == b""
-    assert masker.feed(b"aaaa") == b"***"
+    assert masker.feed(b"ab") == b"***b"
+    assert masker.feed(b"xaaa") == b"x"
     assert masker.flush() == b"aaa"
 
 
@@ -103,10 +116,19 @@ def test_no_secret_no_delay() -> None:
     assert masker.flush() == b""
 
 
+def test_overlapping_secrets_split_across_chunks() -> None:
+    """The second secret starts inside the first one's masked bytes and ends
+    in a later chunk: its end is masked too, whatever the split."""
+    secrets = ["xyz123", "123abcdefgh"]
+    data = b"<xyz123abcdefgh>"
+    for cuts in itertools.combinations(range(1, len(data)), 2):
+        assert stream(SecretMasker(secrets), split_at(data, cuts)) == b"<***>"
+
+
 def test_random_chunk_boundaries_match_the_reference() -> None:
     rng = random.Random(20240611)
     alphabet = b"ab\xd0\xbf-"
-    for _ in range(300):
+    for _ in range(2000):
         secrets = [
             "".join(rng.choice("ab-") for _ in range(rng.randint(1, 5)))
             for _ in range(rng.randint(1, 4))

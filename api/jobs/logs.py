@@ -55,20 +55,25 @@ class SecretMasker:
     """Replaces every secret value (in each of its ``printed_forms``) by
     ``***`` in a stream of chunks.
 
-    At each position the longest secret that matches wins, then scanning goes
-    on after it (leftmost-longest), so the output does not depend on where
-    the stream was split: ``feed`` holds back the end of a chunk (at most
-    ``longest - 1`` bytes) only while it could still be the start of a secret.
+    Occurrences of secrets that overlap are masked together, as one ``***``
+    (secrets ``abc`` and ``bcd`` in ``abcd``): masking only one of them
+    would show the rest of the other. Occurrences that merely touch
+    (``hunter2hunter2``) are masked one by one.
+
+    The output does not depend on where the stream was split: ``feed`` holds
+    back the end of a chunk (at most ``longest - 1`` bytes) only while it
+    could still be the start of a secret, and keeps the last ``longest - 1``
+    bytes of a masked run it has emitted (``_masked_tail``), so that a secret
+    starting inside them and ending in the next chunk extends that run.
 
     Each secret is searched for on its own in C (``bytes.find`` of the secret
-    or of a rare byte of it, see ``REVIEW_EVERY``) and again only once the
-    scan has passed its next occurrence, so output without secrets costs a
-    few fast passes and no copy.
+    or of a rare byte of it, see ``REVIEW_EVERY``) and again only past its
+    last occurrence, so output without secrets costs a few fast passes and
+    no copy.
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
         values = {form.encode() for secret in secrets for form in printed_forms(secret)}
-        # Longest first: at a tie for the leftmost position the longest wins.
         self._values = sorted(values, key=lambda value: (-len(value), value))
         self._keep = len(self._values[0]) - 1 if self._values else 0
         first_bytes = b"".join(
@@ -81,24 +86,37 @@ class SecretMasker:
         self._anchors: list[tuple[bytes, int] | None] = [None] * len(self._values)
         self._until_review = 0
         self._pending = b""
+        # Raw bytes that ended the last emitted run of masked output (emitted
+        # as ``***`` already): only to see secrets that overlap them.
+        self._masked_tail = b""
 
     def feed(self, chunk: bytes) -> bytes:
         """Return the masked bytes that are safe to emit so far."""
         if not self._values:
             return chunk
-        data = self._pending + chunk if self._pending else chunk
+        tail = self._masked_tail
+        data = tail + self._pending + chunk if tail or self._pending else chunk
         if len(data) >= MIN_REVIEW_BYTES:
             self._until_review -= 1
             if self._until_review < 0:
                 self._review(data)
-        # A match starting before ``decided`` has all the bytes it needs.
+        # An occurrence starting before ``decided`` has all the bytes it needs.
         decided = len(data) - self._keep
-        pieces, emitted = self._scan(data, decided, self._anchors)
-        held = self._undecided_from(data, max(emitted, decided))
+        pieces, position, run_start = self._masked_runs(
+            data, len(tail), decided, self._anchors
+        )
+        # A secret that may start from ``decided`` on is held back; one that
+        # may start inside the last masked run could still extend it, so
+        # then everything after that run is.
+        held = max(position, self._undecided_from(data, max(decided, 0)))
         self._pending = data[held:]
+        if held != position:
+            self._masked_tail = b""
+        elif run_start is not None:
+            self._masked_tail = data[max(position - self._keep, run_start) : position]
         if not pieces:
-            return data if held == len(data) else data[:held]
-        pieces.append(data[emitted:held])
+            return data if held == len(data) and not tail else data[position:held]
+        pieces.append(data[position:held])
         return b"".join(pieces)
 
     def _review(self, data: bytes) -> None:
@@ -116,15 +134,26 @@ class SecretMasker:
                 (bytes([rarest]), value.index(rarest)) if rare else None
             )
 
-    def _scan(
-        self, data: bytes, stop: int, anchors: list[tuple[bytes, int] | None]
-    ) -> tuple[list[bytes], int]:
-        """Leftmost-longest matches starting before ``stop``: the pieces of
-        output up to the end of the last one, and where that end is."""
+    def _masked_runs(
+        self,
+        data: bytes,
+        base: int,
+        stop: int,
+        anchors: list[tuple[bytes, int] | None],
+    ) -> tuple[list[bytes], int, int | None]:
+        """Mask the occurrences that start before ``stop``, overlapping ones
+        together, in ``data[base:]`` (``data[:base]`` is a masked tail).
+
+        Returns the output pieces up to the end of the last run of masked
+        bytes, where that end is (``base`` if none) and where that run
+        starts (None if none ends after ``base``). A run that starts inside
+        the masked tail continues the ``***`` emitted for it.
+        """
         pieces: list[bytes] = []
-        emitted = 0
+        position = base
+        run_start: int | None = None
         if stop <= 0:
-            return pieces, emitted
+            return pieces, position, run_start
         values = self._values
         # A search never runs into the undecided end (and ``end`` is never
         # negative: ``find`` would count that from the end).
@@ -133,21 +162,31 @@ class SecretMasker:
             self._find(data, index, 0, ends[index], anchors)
             for index in range(len(values))
         ]
+        start, end = -1, -1  # the run being collected
         while True:
-            best = -1
-            length = 0
-            for position, value in zip(found, values, strict=True):
-                if position >= 0 and (best < 0 or position < best):
-                    best, length = position, len(value)
-            if best < 0:
-                return pieces, emitted
-            pieces += (data[emitted:best], MASK)
-            emitted = best + length
-            for index, position in enumerate(found):
-                if 0 <= position < emitted:
-                    found[index] = self._find(
-                        data, index, emitted, ends[index], anchors
-                    )
+            index = -1
+            for candidate, at in enumerate(found):
+                if at >= 0 and (index < 0 or at < found[index]):
+                    index = candidate
+            if index < 0 or found[index] >= end:
+                # The run is complete: emit it (unless it lies in the tail).
+                if end > base:
+                    if start >= base:
+                        pieces += (data[position:start], MASK)
+                    position, run_start = end, start
+                if index < 0:
+                    return pieces, position, run_start
+                start = found[index]
+            at = found[index]
+            end = max(end, at + len(values[index]))
+            # Past this occurrence; one inside the run so far changes nothing.
+            found[index] = self._find(
+                data,
+                index,
+                max(at + 1, end - len(values[index]) + 1),
+                ends[index],
+                anchors,
+            )
 
     def _find(
         self,
@@ -189,17 +228,24 @@ class SecretMasker:
 
     def flush(self) -> bytes:
         """End of stream: mask and return what was held back."""
-        pending, self._pending = self._pending, b""
-        return self.mask(pending)
+        data = self._masked_tail + self._pending
+        base = len(self._masked_tail)
+        self._masked_tail = self._pending = b""
+        return self._mask_all(data, base)
 
     def mask(self, data: bytes) -> bytes:
         """Mask one complete piece of data (not part of the stream)."""
         if not self._values or not data:
             return data
-        pieces, emitted = self._scan(data, len(data), [None] * len(self._values))
+        return self._mask_all(data, 0)
+
+    def _mask_all(self, data: bytes, base: int) -> bytes:
+        pieces, position, _ = self._masked_runs(
+            data, base, len(data), [None] * len(self._values)
+        )
         if not pieces:
-            return data
-        pieces.append(data[emitted:])
+            return data[position:]
+        pieces.append(data[position:])
         return b"".join(pieces)
 
 
