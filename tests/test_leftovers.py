@@ -74,7 +74,21 @@ def start(
     assert process.stdout is not None
     children = [int(process.stdout.readline()) for _ in range(2)]
     started.append((process, children))
+    # $! is known before the child has exec'd `sleep`: until then (and
+    # during the exec) its /proc entry is still the shell's or unreadable.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not all(
+        command(pid) == "sleep" for pid in children
+    ):
+        time.sleep(0.01)
     return process, children
+
+
+def command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 def test_kill_marked_takes_the_groups_and_escaped_sessions_of_one_instance(
