@@ -49,11 +49,11 @@ warnings.filterwarnings(
 LARGE_BODY_OPERATIONS = frozenset({webhook_views.ROUTE_NAME})
 
 
-def create_app(
-    argv: list[str] | None = None, *, settings: Settings | None = None
-) -> web.Application:
-    """Build the application; ``argv`` is accepted for ``aiohttp.web`` CLI."""
-    settings = settings or Settings.from_env()
+def create_app(settings: Settings | list[str] | None = None) -> web.Application:
+    """Build the application from ``settings``, or from the environment
+    (``None``, or the argv list that ``python -m aiohttp.web`` passes)."""
+    if not isinstance(settings, Settings):
+        settings = Settings.from_env()
     app = web.Application(client_max_size=settings.webhook_body_max_bytes)
     app[SETTINGS] = settings
 

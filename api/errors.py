@@ -19,11 +19,6 @@ class ApiError(Exception):
         super().__init__(str(self.detail))
 
 
-class BadRequest(ApiError):
-    status = 400
-    default_detail = "Bad request"
-
-
 class Unauthorized(ApiError):
     status = 401
     default_detail = "Invalid signature"

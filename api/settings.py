@@ -93,6 +93,11 @@ class Settings:
     webhook_body_max_bytes: int = 25 * 2**20 + 256 * 2**10
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Jobs run git and make in other working directories: a relative
+        # data dir (the default ``var``) would mean another place there.
+        object.__setattr__(self, "data_dir", self.data_dir.absolute())
+
     @property
     def base_url(self) -> str:
         """Base of the URLs that Hobotnica hands out (webhooks, logs)."""

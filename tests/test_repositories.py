@@ -72,6 +72,16 @@ async def test_register_twice_is_409(client: Client, remote: GitRemote) -> None:
     assert "registered already" in (await response.json())["detail"]
 
 
+async def test_a_branch_named_as_a_push_names_it_tracks_that_branch(
+    client: Client, remote: GitRemote
+) -> None:
+    repository = await register(client, branch="refs/heads/main")
+    assert repository["branch"] == "main"
+    status, job = await send_push(client, repository["webhook"], remote.commit({}))
+    assert status == 202, job
+    assert (await wait_for_job(client, job["number"]))["status"] == "success"
+
+
 async def test_a_default_branch_git_would_refuse_is_409_and_stores_nothing(
     client: Client, remote: GitRemote, github: FakeGitHub
 ) -> None:

@@ -15,7 +15,7 @@ from api.settings import Settings, SettingsError
 def test_defaults_follow_the_design() -> None:
     settings = Settings.from_env({})
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
-    assert settings.data_dir == Path("var")
+    assert settings.data_dir == Path.cwd() / "var"  # ./var, made absolute
     assert settings.max_jobs == 4
     assert settings.job_timeout == 3600
     assert settings.shutdown_timeout == 1800

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from api.errors import BadRequest
+from api.errors import ValidationFailed
 from api.keys import RUNNER, STORAGE
 from api.webhooks.payloads import parse_body, parse_push
 from tests.fakes.github import FakeGitHub
@@ -575,27 +575,29 @@ BAD_PUSHES = {
 }
 
 
-async def test_signed_push_with_a_bad_payload_is_400_and_stores_nothing(
+async def test_signed_push_with_a_bad_payload_is_422_and_stores_nothing(
     client: Client, webhook: Webhook
 ) -> None:
     for case, body in BAD_PUSHES.items():
         status, answer = await deliver(client, webhook, body, delivery=case)
-        assert status == 400, case
-        assert isinstance(answer["detail"], str), case
-        assert answer["detail"], case
+        assert status == 422, case
+        [error] = answer["detail"]
+        assert error["loc"][0] == "body", case
+        assert error["message"], case
     assert [job["kind"] for job in await jobs_of(client)] == ["clone"]
     assert await deliveries_of(client) == []
 
 
-async def test_form_encoded_without_payload_field_is_400(
+async def test_form_encoded_without_payload_field_is_422(
     client: Client, webhook: Webhook
 ) -> None:
     body = b"other=1"
     headers = webhook_headers(body, webhook["secret"])
     headers["Content-Type"] = "application/x-www-form-urlencoded"
     response = await client.post(webhook_path(webhook), data=body, headers=headers)
-    assert response.status == 400
-    assert "payload" in (await response.json())["detail"]
+    assert response.status == 422
+    [error] = (await response.json())["detail"]
+    assert error["loc"] == ["body", "payload"]
     assert await deliveries_of(client) == []
 
 
@@ -765,12 +767,12 @@ def test_parse_body_reads_json_and_form_payloads() -> None:
         (b"[1]", "application/json", "must be a JSON object"),
         (b"payload=%7B", "application/x-www-form-urlencoded", "not valid JSON"),
         (b"payload=1", "application/x-www-form-urlencoded", "must be a JSON object"),
-        (b"zen=1", "application/x-www-form-urlencoded", "without a payload field"),
-        (b"\xff", "application/json", "not valid JSON"),
+        (b"zen=1", "application/x-www-form-urlencoded", "is required in a form"),
+        (b"\xff", "application/json", "not UTF-8"),
     ],
 )
 def test_parse_body_errors(body: bytes, content_type: str, message: str) -> None:
-    with pytest.raises(BadRequest, match=message):
+    with pytest.raises(ValidationFailed, match=message):
         parse_body(body, content_type)
 
 

@@ -37,6 +37,11 @@ async def register(
     """Store the repository with the caller's token and queue its clone
     (a revoked one: registered again, see ``_register_again``)."""
     runner.ensure_accepting()
+    if branch is not None:
+        # ``refs/heads/main`` (as a push names it) tracks ``main``.
+        branch = branch.removeprefix("refs/heads/")
+        if not branch:
+            raise ValidationFailed(["body", "branch"], "is not a valid branch name")
     tracked = branch or access.default_branch
     if not tracked:
         raise Conflict(

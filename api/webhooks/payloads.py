@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from api.errors import BadRequest
+from api.errors import ValidationFailed
 
 # A full object id: SHA-1, or SHA-256 for repositories that use it.
 _SHA_RE = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -34,29 +34,35 @@ class Push:
 
 
 def parse_body(body: bytes, content_type: str) -> dict[str, Any]:
-    """The payload as a JSON object, or :class:`BadRequest`."""
+    """The payload as a JSON object, or :class:`ValidationFailed` (422)."""
     try:
         if content_type == "application/x-www-form-urlencoded":
             fields = parse_qs(body.decode("utf-8"), strict_parsing=False)
             if "payload" not in fields:
-                raise BadRequest("Form-encoded webhook without a payload field")
+                raise ValidationFailed(
+                    ["body", "payload"], "is required in a form-encoded delivery"
+                )
             data = json.loads(fields["payload"][0])
         else:
             data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadRequest(f"Webhook body is not valid JSON: {err}") from None
+    except UnicodeDecodeError:
+        raise ValidationFailed(["body"], "is not UTF-8") from None
+    except json.JSONDecodeError as err:  # its message names a place, not content
+        raise ValidationFailed(["body"], f"is not valid JSON: {err}") from None
     if not isinstance(data, dict):
-        raise BadRequest("Webhook body must be a JSON object")
+        raise ValidationFailed(["body"], "must be a JSON object")
     return data
 
 
 def parse_push(data: dict[str, Any]) -> Push:
     ref = data.get("ref")
     after = data.get("after")
-    if not isinstance(ref, str) or not isinstance(after, str):
-        raise BadRequest("Push payload needs string 'ref' and 'after'")
+    if not isinstance(ref, str):
+        raise ValidationFailed(["body", "ref"], "is required and must be a string")
+    if not isinstance(after, str):
+        raise ValidationFailed(["body", "after"], "is required and must be a string")
     if not _SHA_RE.fullmatch(after):
-        raise BadRequest("Push payload's 'after' is not a commit sha")
+        raise ValidationFailed(["body", "after"], "is not a commit sha")
     sender = data.get("sender")
     login = sender.get("login") if isinstance(sender, dict) else None
     return Push(
