@@ -45,6 +45,8 @@ ORPHAN_CHECK_INTERVAL = 10.0
 # The longest that work giving way to job starts waits (a start that clones
 # again can take long; commit statuses must not wait for it).
 STARTS_WAIT = 2.0
+# How long a drain waits for claims and starts under way (database writes).
+SETTLE_WAIT = 10.0
 
 
 @dataclass
@@ -127,10 +129,17 @@ class JobRunner:
             )
 
     async def drain(self, grace: float) -> None:
-        """Stop claiming; wait up to ``grace`` s, then interrupt the rest."""
+        """Stop claiming; wait up to ``grace`` s, then interrupt the rest.
+
+        Jobs claimed but not started yet go back to the queue (the next
+        instance runs them). While the running ones end, a cancel or a
+        removal that another instance records still stops them.
+        """
         self.draining = True
         self._wake.set()
         self._update_starts()
+        deadline = time.monotonic() + grace
+        await self._settle_starts(min(deadline, time.monotonic() + SETTLE_WAIT))
         tasks = [r.task for r in self.running.values() if r.task is not None]
         if tasks:
             logger.info(
@@ -138,12 +147,36 @@ class JobRunner:
                 grace,
                 len(tasks),
             )
-            with contextlib.suppress(TimeoutError):
-                async with async_timeout.timeout(grace):
-                    await asyncio.wait(tasks)
-            if pending := [task for task in tasks if not task.done()]:
+            if pending := await self._wait_running(tasks, deadline):
                 logger.warning("Interrupting %d job(s) after %g s", len(pending), grace)
         await self.close()
+
+    async def _settle_starts(self, deadline: float) -> None:
+        """Let the loop end its round and every claim or start under way
+        settle: once draining, a start hands its job back."""
+        if self._loop_task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with async_timeout.timeout(max(deadline - time.monotonic(), 0)):
+                    await asyncio.shield(self._loop_task)
+        # Reservations are a counter: poll (briefly, once per shutdown).
+        while (self._reserved or self._starting) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+    async def _wait_running(
+        self, tasks: list[asyncio.Task[None]], deadline: float
+    ) -> set[asyncio.Task[None]]:
+        """Wait for ``tasks`` until ``deadline``; returns those not done."""
+        pending = set(tasks)
+        while pending and (remaining := deadline - time.monotonic()) > 0:
+            _, pending = await asyncio.wait(
+                pending, timeout=min(POLL_INTERVAL, remaining)
+            )
+            if pending:
+                try:
+                    await self._pick_up_remote_cancels()
+                except Exception:
+                    logger.exception("Cannot look for cancels while draining")
+        return pending
 
     async def close(self) -> None:
         """Interrupt running jobs (queued ones stay queued) and stop."""
@@ -414,16 +447,6 @@ class JobRunner:
                 )
             if repository is None:
                 return  # deleted meanwhile, its jobs with it
-            if self.draining:
-                # Claimed just before a shutdown began: nothing runs any more.
-                await self._finish(
-                    job,
-                    repository,
-                    JobResult(
-                        JobStatus.INTERRUPTED, reason="stopped by a server shutdown"
-                    ),
-                )
-                return
             plan = await self._plan(job, repository)
             early = self._early.get(job.repository_id)
             if early is not None and early.serves(job):
@@ -438,6 +461,11 @@ class JobRunner:
                     repository,
                     JobResult(JobStatus.CANCELLED, reason="the repository is removed"),
                 )
+                return
+            if self.draining:  # claimed as a shutdown began: the next one runs it
+                if plan.early_fetch is not None:
+                    await plan.early_fetch.stop()
+                await self._hand_back(job)
                 return
         except Exception:
             logger.exception("Cannot prepare job #%s", job.number)
@@ -455,6 +483,12 @@ class JobRunner:
             self._run(running), name=f"job-{repository.full_name}#{job.number}"
         )
         self.events.emit(JobEvent(EventType.STARTED, job, repository))
+
+    async def _hand_back(self, job: JobRecord) -> None:
+        if await self.storage.jobs.hand_back(job.id, self.instance_id):
+            logger.info(
+                "Job #%s goes back to the queue: this server is stopping", job.number
+            )
 
     async def _plan(self, job: JobRecord, repository: RepositoryRecord) -> JobPlan:
         layers: list[dict[str, str]] = []

@@ -262,6 +262,16 @@ class JobStore:
         )
         return [JobRecord.from_row(row) for row in rows]
 
+    async def hand_back(self, job_id: int, runner: str) -> bool:
+        """Queue again a job ``runner`` claimed but never started (it is
+        shutting down): the next instance runs it."""
+        changed = await self.db.execute_write(
+            "UPDATE jobs SET status = ?, runner = NULL, started_at = NULL"
+            " WHERE id = ? AND runner = ? AND status = ?",
+            (JobStatus.QUEUED, job_id, runner, JobStatus.RUNNING),
+        )
+        return changed > 0
+
     async def to_stop(self, runner: str, running: Sequence[int]) -> list[int]:
         """Of ``running`` (the jobs ``runner`` runs), those it is to stop:
         a cancel was requested, or the job is no longer running there (its
