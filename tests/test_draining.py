@@ -1,17 +1,21 @@
-"""A draining runner: starts under way go back to the queue, and cancels
-that another instance records still stop its running jobs."""
+"""Jobs between instances: a draining runner's starts under way go back to
+the queue, cancels that another instance records still stop its running
+jobs, and an instance that cannot run jobs leaves them to one that can."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pytest_aiohttp import AiohttpClient
 
 from api.app import create_app
+from api.jobs.instances import InstanceLock
 from api.keys import RUNNER, STORAGE
 from api.settings import Settings
 from api.storage.records import JobRecord, JobStatus
@@ -123,3 +127,30 @@ async def test_a_cancel_recorded_by_another_instance_stops_a_draining_job(
     await asyncio.wait_for(drain, 10)
     assert time.monotonic() - started < 5
     assert (await job_of(client, number)).status is JobStatus.CANCELLED
+
+
+async def test_without_make_an_instance_leaves_jobs_to_another_one(
+    client: Client, remote: GitRemote, settings: Settings, tmp_path: Path
+) -> None:
+    """An upgrade's new instance that its health check turns down (no make
+    on its PATH) takes no job while the old one is alive; alone, it takes
+    them, and they fail with the reason."""
+    await register(client)
+    tools = tmp_path / "only-git"
+    tools.mkdir()
+    git_path = shutil.which("git")
+    assert git_path is not None
+    (tools / "git").symlink_to(git_path)
+    client.app[RUNNER].host_env["PATH"] = str(tools)
+    other = InstanceLock(settings.instances_dir, "other-instance")
+    other.acquire()
+    try:
+        response = await client.post(f"{REPO}/deploys", json={}, headers=auth_headers())
+        number = (await response.json())["number"]
+        await asyncio.sleep(2.5)  # two rounds of the runner's loop
+        assert (await job_of(client, number)).status is JobStatus.QUEUED
+    finally:
+        other.release()
+    client.app[RUNNER].wake()
+    done = await wait_for_job(client, number)
+    assert (done["status"], done["reason"]) == ("error", "cannot run make: not found")

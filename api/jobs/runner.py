@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
@@ -18,7 +19,7 @@ from aiosqlite import Connection
 from api.background import stop_task
 from api.crypto import SecretBox
 from api.errors import ServiceUnavailable
-from api.jobs import git, leftovers
+from api.jobs import environment, git, leftovers
 from api.jobs.early_fetch import EarlyFetch
 from api.jobs.events import EventType, JobEvent, JobEvents
 from api.jobs.executor import (
@@ -47,6 +48,7 @@ ORPHAN_CHECK_INTERVAL = 10.0
 STARTS_WAIT = 2.0
 # How long a drain waits for claims and starts under way (database writes).
 SETTLE_WAIT = 10.0
+TOOLS = ("git", "make")  # what every job runs
 
 
 @dataclass
@@ -102,6 +104,7 @@ class JobRunner:
         self._starts_done.set()
         self._loop_task: asyncio.Task[None] | None = None
         self._last_orphan_check = 0.0
+        self._left_to_others = False  # see _can_run_jobs
         self._background: set[asyncio.Task[None]] = set()
         self._early: dict[int, EarlyFetch] = {}  # by repository id
         # Jobs between their claim and ``self.running`` (by job id): the
@@ -403,6 +406,8 @@ class JobRunner:
             await self.recover_orphans()
         if self.running:
             await self._pick_up_remote_cancels()
+        if not self._can_run_jobs():
+            return
         while (
             len(self.running) + self._reserved < self.settings.max_jobs
             and not self.draining
@@ -414,6 +419,26 @@ class JobRunner:
             if job is None:
                 return
             await self._start(job)
+
+    def _can_run_jobs(self) -> bool:
+        """False while a job here could not find git or make and another
+        instance is alive to run it (an upgrade's new instance that its
+        switch turns down, say). Alone, an instance takes jobs anyway, and
+        they fail with the reason."""
+        path = environment.clean_path(
+            self.host_env.get("PATH", environment.DEFAULT_PATH), self.host_env
+        )
+        missing = [tool for tool in TOOLS if shutil.which(tool, path=path) is None]
+        if missing and others_alive(self.settings.instances_dir, self.instance_id):
+            if not self._left_to_others:
+                logger.warning(
+                    "Taking no jobs: %s not on PATH; another instance runs them",
+                    " and ".join(missing),
+                )
+            self._left_to_others = True
+            return False
+        self._left_to_others = False
+        return True
 
     async def _pick_up_remote_cancels(self) -> None:
         """Stop the jobs another instance cancelled or removed."""
