@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +117,35 @@ async def test_unhealthy_new_instance_rolls_back(
     assert load.failures == []
     assert load.total > 0
     assert served_by(load) == {deployment.active}
+    assert rig.alive(deployment.pid(deployment.active))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+async def test_a_switch_killed_mid_way_rolls_back(
+    deployment: rig.Deployment, signum: signal.Signals
+) -> None:
+    """As when the ssh session of a `make deploy` closes."""
+    deployment.env[f"DEPLOY_TEST_SERVE_CMD_{deployment.idle}"] = "sleep 30"
+    deployment.env["HOBOTNICA_HEALTH_TIMEOUT"] = "20"
+    before = deployment.upstream.read_bytes()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(rig.SWITCH),
+        env=deployment.env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await asyncio.sleep(1.5)  # waiting for the new instance's health
+    process.send_signal(signum)
+    _, stderr = await asyncio.wait_for(process.communicate(), 20)
+
+    assert process.returncode == 1, stderr
+    assert b"interrupted" in stderr
+    assert b"nothing was switched" in stderr
+    assert deployment.upstream.read_bytes() == before
+    sleeper = int((deployment.run_dir / "started.pids").read_text().split()[-1])
+    assert await asyncio.to_thread(rig.wait_exit, sleeper, 5)
     assert rig.alive(deployment.pid(deployment.active))
 
 
