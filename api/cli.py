@@ -23,6 +23,11 @@ from api.ui.standalone import run_standalone
 logger = logging.getLogger("api.cli")
 
 ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs "%{User-Agent}i"'
+# Once the jobs are drained, aiohttp waits this long for requests still in
+# progress, cuts their request bodies and waits as long again, then cancels
+# them. Its default of 60 s would let a follower whose client reads nothing
+# keep a stopping server alive for two minutes.
+REQUEST_GRACE = 2.5
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,7 +76,8 @@ async def serve(settings: Settings) -> None:
 
     While draining, the listening socket stays open: new job requests get
     503 with Retry-After and health reports the drain, so a proxy switches
-    away while log followers keep streaming.
+    away while followers of this instance's jobs keep streaming (followers
+    of other jobs end, to resume on the other instance).
     """
     # Adopt orphaned job processes, so that killed ones are reaped at once
     # even where PID 1 does not reap (containers).
@@ -80,6 +86,7 @@ async def serve(settings: Settings) -> None:
     runner = web.AppRunner(
         app,
         handle_signals=False,
+        shutdown_timeout=REQUEST_GRACE,
         access_log_class=RequestIdAccessLogger,
         access_log_format=ACCESS_LOG_FORMAT,
     )

@@ -159,6 +159,7 @@ def test_site_proxies_as_documented() -> None:
     for expected in (
         "include /etc/hobotnica/upstream.conf",
         "client_max_body_size 26m",
+        "keepalive_timeout 0",
         "proxy_pass http://hobotnica",
         "proxy_http_version 1.1",
         'proxy_set_header Connection ""',

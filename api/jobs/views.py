@@ -107,7 +107,12 @@ async def retrieve_job_log(request: web.Request) -> web.StreamResponse:
         if client_gone(request):  # nobody to stream to: stop polling
             return True
         current = await storage.jobs.get_by_id(job.id)
-        return current is None or current.status.is_finished
+        if current is None or current.status.is_finished:
+            return True
+        # A draining server exits once its own jobs have ended: a follower
+        # of any other job ends now and resumes (``?offset=``) on the other
+        # instance, where nginx sends it.
+        return runner.draining and current.runner != runner.instance_id
 
     response = web.StreamResponse(headers={**headers, "X-Accel-Buffering": "no"})
     response.content_type = "text/plain"

@@ -223,6 +223,11 @@ http {{
                 f"nginx did not start; {self.error_log}:\n{self.error_log.read_text()}"
             )
 
+    def workers(self) -> set[int]:
+        """The pids of the master's worker processes (old ones included)."""
+        assert self.process is not None
+        return children(self.process.pid)
+
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
@@ -232,6 +237,19 @@ http {{
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+
+
+def children(pid: int) -> set[int]:
+    """The pids of the live child processes of ``pid``."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -393,10 +411,11 @@ async def switch_under_health_load(
 
 @dataclass
 class Load:
-    """Clients that send GET requests through nginx until stopped.
+    """Clients that send requests through nginx until stopped.
 
-    Every answer is recorded as its status (or the exception's name); the
-    body of the last answers tells which instance served them.
+    A path is a GET, or a POST with an empty JSON body if it starts with
+    ``POST ``. Every answer is recorded as its status (or the exception's
+    name); the body of the last 200 answers tells which instance served them.
     """
 
     base_url: str
@@ -429,9 +448,13 @@ class Load:
             while not self._stop.is_set():
                 path = self.paths[sent % len(self.paths)]
                 sent += 1
+                method, _, url = path.rpartition(" ")
                 try:
-                    async with session.get(
-                        self.base_url + path, headers=self.headers
+                    async with session.request(
+                        method or "GET",
+                        self.base_url + url,
+                        headers=self.headers,
+                        json={} if method == "POST" else None,
                     ) as response:
                         body = await response.read()
                         outcome = str(response.status)
@@ -440,7 +463,7 @@ class Load:
                 self.outcomes[outcome] += 1
                 if outcome == "200":
                     self.last_bodies.append(body)
-                elif len(self.failures) < 20:
+                elif outcome != "202" and len(self.failures) < 20:
                     self.failures.append(f"{path}: {outcome} {body[:200]!r}")
                 # Leave the event loop to the rest of the test now and then.
                 await asyncio.sleep(0)

@@ -5,6 +5,8 @@
 - ``GET /api/health``: 200 ``{"status": "ok", "port": N}``; 503 while draining.
 - ``GET /api/repositories/{owner}/{name}``: 200 with the port that served it,
   draining or not (reads keep working while a real instance drains).
+- ``POST /api/webhooks/{uid}``: 202 with the port, like a queued job; 503
+  while draining (a real instance takes no new jobs then).
 - SIGTERM: start draining, keep accepting connections for
   ``STANDIN_DRAIN_SECONDS`` (default 2), then exit 0, like the real server
   waiting for its running jobs.
@@ -47,6 +49,15 @@ async def retrieve_repository(request: web.Request) -> web.Response:
     )
 
 
+async def receive_webhook(request: web.Request) -> web.Response:
+    await request.read()
+    if request.app[DRAINING].is_set():
+        return web.json_response(
+            {"detail": "draining"}, status=503, headers={"Retry-After": "10"}
+        )
+    return web.json_response({"port": request.app[PORT]}, status=202)
+
+
 async def serve(host: str, port: int) -> None:
     await asyncio.sleep(float(os.environ.get("STANDIN_START_DELAY", "0")))
     app = web.Application()
@@ -54,6 +65,7 @@ async def serve(host: str, port: int) -> None:
     app[PORT] = port
     app.router.add_get("/api/health", health)
     app.router.add_get("/api/repositories/{owner}/{name}", retrieve_repository)
+    app.router.add_post("/api/webhooks/{uid}", receive_webhook)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
