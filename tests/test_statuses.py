@@ -373,6 +373,67 @@ async def test_background_poster_posts_without_being_asked(h: Harness) -> None:
     assert h.posted() == [(SHA, "hobotnica/test", "pending")]
 
 
+async def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("poster", ["just woken", "posting"])
+async def test_closing_posts_what_is_due_at_once(h: Harness, poster: str) -> None:
+    """A job that ends while its server stops: its final status is posted
+    by this server, not left for another one that may sleep IDLE_WAIT."""
+    h.reporter.start()
+    job = await h.queue()
+    await h.emit(EventType.QUEUED, job)
+    await wait_until(lambda: len(h.github.statuses) == 1)  # the poster is idle
+    calls = len(h.github.calls)
+    if poster == "posting":
+        h.github.delay(0.3)
+    finished = await h.finish(await h.start(job), JobStatus.SUCCESS, 0)
+    await h.emit(EventType.FINISHED, finished)
+    if poster == "posting":
+        await wait_until(lambda: len(h.github.calls) > calls)
+    started = time.monotonic()
+    async with asyncio.timeout(10):
+        await h.reporter.close()
+    assert time.monotonic() - started < 2
+    assert h.posted()[0] == (SHA, "hobotnica/test", "pending")
+    assert h.posted()[-1] == (SHA, "hobotnica/test", "success")
+    assert await h.waiting() == 0
+
+
+GITHUB_DOWN: dict[str, Callable[[FakeGitHub], None]] = {
+    "5xx": lambda github: github.fail_next(100, 502),
+    "hanging": lambda github: github.delay(1.5),
+}
+
+
+@pytest.mark.parametrize("down", list(GITHUB_DOWN))
+async def test_closing_while_github_is_down_stays_bounded(
+    h: Harness, down: str
+) -> None:
+    """Closing gives up after ``close_pass`` s; what it could not post waits
+    in the outbox, due at once for the next server."""
+    GITHUB_DOWN[down](h.github)
+    async with aiohttp.ClientSession() as session:
+        # Retries with backoff and a timeout, like the app's client.
+        client = GitHubClient(session, api_url=h.github.url, timeout=10)
+        reporter = StatusReporter(h.settings, h.storage, h.box, client, close_pass=0.5)
+        reporter.start()
+        for sha in (SHA, OTHER_SHA):
+            await reporter.on_event(
+                JobEvent(EventType.QUEUED, await h.queue(sha=sha), h.repository)
+            )
+        started = time.monotonic()
+        await reporter.close()
+        assert time.monotonic() - started < 1.5
+    assert await h.waiting() == 2
+    next_due = await h.storage.outbox.next_due_at()
+    assert next_due is not None and next_due <= time.time()
+
+
 async def test_long_descriptions_are_cut_for_github(h: Harness) -> None:
     job = await h.queue()
     reason = "git fetch failed: " + "x" * 300
@@ -459,6 +520,27 @@ async def test_job_interrupted_by_shutdown_is_reported(
     assert done["status"] == "interrupted"
     posted = await wait_for_statuses(github, sha, "hobotnica/test", "error")
     assert "interrupted" in posted[-1]["description"]
+
+
+@pytest.mark.integrational
+async def test_a_stopping_server_posts_the_statuses_of_its_last_jobs(
+    aiohttp_client: AiohttpClient,
+    settings: Settings,
+    github: FakeGitHub,
+    remote: GitRemote,
+    tmp_path: Path,
+) -> None:
+    """Posted before the server is gone: no successor has to post them."""
+    client = await aiohttp_client(create_app(settings=settings))
+    remote.commit({"Makefile": blocking_makefile(tmp_path / "never")})
+    webhook = (await register(client))["webhook"]
+    sha = remote.commit({"a": "1"})
+    _, job = await send_push(client, webhook, sha)
+    await wait_for_job(client, job["number"], statuses={"running"})
+    await wait_for_statuses(github, sha, "hobotnica/test", "pending")
+    await client.close()
+    posted = [s["state"] for s in github.statuses if s["sha"] == sha]
+    assert posted == ["pending", "error"]
 
 
 # -- descriptions -----------------------------------------------------------------

@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 FIRST_RETRY = 5.0
 IDLE_WAIT = 30.0
+# How long closing may spend posting what is due (the job ended while
+# stopping): the longest a shutdown waits for GitHub.
+CLOSE_PASS_SECONDS = 5.0
 # How long a process may take to post a status before another may retry it.
 LEASE_SECONDS = 60.0
 # How many waiting statuses one round looks at (oldest first).
@@ -95,6 +98,7 @@ class StatusReporter:
         first_retry: float = FIRST_RETRY,
         clock: Callable[[], float] = time.time,
         give_way: Callable[[], Awaitable[None]] | None = None,
+        close_pass: float = CLOSE_PASS_SECONDS,
     ) -> None:
         self.settings = settings
         self.storage = storage
@@ -105,6 +109,7 @@ class StatusReporter:
         self.clock = clock
         # Awaited before touching the database or GitHub: job starts first.
         self.give_way = give_way
+        self.close_pass = close_pass
         self._wake = asyncio.Event()
         self._posting = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -113,8 +118,29 @@ class StatusReporter:
         self._task = asyncio.create_task(self._post_loop(), name="commit-statuses")
 
     async def close(self) -> None:
+        """Stop posting; a started reporter first posts what is due, within
+        ``close_pass`` s, so that no other instance has to (what fails or
+        takes longer waits in the outbox for the next instance)."""
+        if self._task is None:
+            return
         await stop_task(self._task)
         self._task = None
+        await self._last_pass()
+
+    async def _last_pass(self) -> None:
+        try:
+            async with asyncio.timeout(self.close_pass):
+                delivered = await self.post_due()
+        except TimeoutError:
+            logger.warning(
+                "Commit statuses still waiting after %g s; left for the next server",
+                self.close_pass,
+            )
+        except Exception:
+            logger.exception("Posting commit statuses on close failed")
+        else:
+            if delivered:
+                logger.info("Posted %d commit status(es) on close", delivered)
 
     async def on_event(self, event: JobEvent) -> None:
         job = event.job
@@ -151,6 +177,8 @@ class StatusReporter:
 
     async def _post_loop(self) -> None:
         while True:
+            # Cleared before the round: a status added during it wakes the next.
+            self._wake.clear()
             try:
                 if self.give_way is not None:
                     await self.give_way()
@@ -162,9 +190,11 @@ class StatusReporter:
                 logger.exception("Posting commit statuses failed; retrying")
                 next_at = self.clock() + self.first_retry
             wait = IDLE_WAIT if next_at is None else max(0.0, next_at - self.clock())
-            self._wake.clear()
+            # Not wait_for: on 3.11 it swallows a cancel that comes with a
+            # wake, and closing would then wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(wait, IDLE_WAIT))
+                async with asyncio.timeout(min(wait, IDLE_WAIT)):
+                    await self._wake.wait()
 
     async def post_due(self) -> int:
         """Post every due status once; returns how many were delivered.
