@@ -39,7 +39,8 @@ class Check:
             started = time.monotonic()
             detail: str | None
             try:
-                await asyncio.wait_for(self.probe(), self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    await self.probe()
             except TimeoutError:
                 ok, detail = False, f"slower than {self.timeout:g} s"
             except Exception as err:

@@ -404,6 +404,8 @@ async def _nap(poll: float, wake: asyncio.Event | None) -> None:
     if wake is None:
         await asyncio.sleep(poll)
         return
+    # Not wait_for: on 3.11 it may swallow a cancel that comes with a wake.
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(wake.wait(), poll)
+        async with asyncio.timeout(poll):
+            await wake.wait()
     wake.clear()
