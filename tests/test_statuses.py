@@ -500,37 +500,14 @@ async def test_timed_out_job_is_an_error_status(
 
 
 @pytest.mark.integrational
-async def test_job_interrupted_by_shutdown_is_reported(
+async def test_job_interrupted_by_shutdown_is_reported_by_the_stopping_server(
     aiohttp_client: AiohttpClient,
     settings: Settings,
     github: FakeGitHub,
     remote: GitRemote,
     tmp_path: Path,
 ) -> None:
-    """Reported by the stopping server or, from the outbox, by the next one."""
-    client = await aiohttp_client(create_app(settings=settings))
-    remote.commit({"Makefile": blocking_makefile(tmp_path / "never")})
-    webhook = (await register(client))["webhook"]
-    sha = remote.commit({"a": "1"})
-    _, job = await send_push(client, webhook, sha)
-    await wait_for_job(client, job["number"], statuses={"running"})
-    await client.close()
-    successor = await aiohttp_client(create_app(settings=settings))
-    done = await wait_for_job(successor, job["number"])
-    assert done["status"] == "interrupted"
-    posted = await wait_for_statuses(github, sha, "hobotnica/test", "error")
-    assert "interrupted" in posted[-1]["description"]
-
-
-@pytest.mark.integrational
-async def test_a_stopping_server_posts_the_statuses_of_its_last_jobs(
-    aiohttp_client: AiohttpClient,
-    settings: Settings,
-    github: FakeGitHub,
-    remote: GitRemote,
-    tmp_path: Path,
-) -> None:
-    """Posted before the server is gone: no successor has to post them."""
+    """Posted before the server is gone: no successor has to post it."""
     client = await aiohttp_client(create_app(settings=settings))
     remote.commit({"Makefile": blocking_makefile(tmp_path / "never")})
     webhook = (await register(client))["webhook"]
@@ -539,8 +516,11 @@ async def test_a_stopping_server_posts_the_statuses_of_its_last_jobs(
     await wait_for_job(client, job["number"], statuses={"running"})
     await wait_for_statuses(github, sha, "hobotnica/test", "pending")
     await client.close()
-    posted = [s["state"] for s in github.statuses if s["sha"] == sha]
-    assert posted == ["pending", "error"]
+    posted = [s for s in github.statuses if s["sha"] == sha]
+    assert [s["state"] for s in posted] == ["pending", "error"]
+    assert "interrupted" in posted[-1]["description"]
+    successor = await aiohttp_client(create_app(settings=settings))
+    assert (await wait_for_job(successor, job["number"]))["status"] == "interrupted"
 
 
 # -- descriptions -----------------------------------------------------------------
