@@ -79,16 +79,21 @@ async def authorize_repository(
 
 
 async def authorize_registered(
-    request: web.Request, *, push: bool
+    request: web.Request, *, push: bool, also_replaced: bool = False
 ) -> tuple[RepositoryCaller, RepositoryRecord]:
-    """Authorize on the path's ``owner``/``name`` and find its registration."""
+    """Authorize on the path's ``owner``/``name`` and find its registration.
+
+    GitHub answers for the repository that has this name now: a registration
+    made for another one (renamed away) is not its own, except to remove it
+    (``also_replaced``, with push rights), so that the name can be
+    registered again.
+    """
     owner, name = request.match_info["owner"], request.match_info["name"]
     allowed = await authorize_repository(request, owner, name, push=push)
     repository = await request.app[STORAGE].repositories.get(owner, name)
-    # GitHub answered for the repository that has this name now: the
-    # registration is not its own if it was made for another one.
-    if repository is None or not repository.is_github_repository(
-        allowed.access.node_id
+    if repository is None or not (
+        (also_replaced and push)
+        or repository.is_github_repository(allowed.access.node_id)
     ):
         raise NotFound(f"{owner}/{name} is not registered with Hobotnica")
     return allowed, repository

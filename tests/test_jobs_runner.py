@@ -599,3 +599,21 @@ async def test_a_missing_make_is_an_error_with_a_reason(
     assert job["status"] == "error"
     assert job["reason"] == "cannot run make: not found"
     assert job["exit_code"] is None
+
+
+@pytest.mark.parametrize(
+    "body", [{"ref": "no-such-branch"}, {"sha": "1234567890" * 4}], ids=["ref", "sha"]
+)
+async def test_a_ref_not_on_the_remote_is_an_error_without_cloning_again(
+    client: Client, remote: GitRemote, body: dict[str, str]
+) -> None:
+    """A typo in a deploy's ref says so; the clone is fine and stays."""
+    await register(client)
+    number = int((await deploy(client, **body))["number"])
+    job = await wait_for_job(client, number)
+    log = await (
+        await client.get(f"{JOBS}/{number}/log", headers=auth_headers())
+    ).text()
+    assert job["status"] == "error"
+    assert job["reason"].endswith("the ref or commit is not on GitHub"), job
+    assert "cloning again" not in log

@@ -495,6 +495,13 @@ async def test_another_repository_under_the_registered_name_is_not_it(
     )
     assert again.status == 409
     assert "delete the registration first" in (await again.json())["detail"]
+    # As the 409 says: whoever may push to the repository that has the name
+    # now removes the old registration, then registers the name.
+    assert (await client.delete(url, headers=reader)).status == 204
+    new = await post_registration(
+        client, {"owner": "octocat", "name": "hello"}, auth_headers()
+    )
+    assert new.status == 202, await new.text()
 
 
 async def test_an_access_check_binds_an_older_registration_to_its_repository(

@@ -61,9 +61,11 @@ class JobResult:
 
 
 class _StepFailed(Exception):
-    def __init__(self, result: JobResult) -> None:
+    def __init__(self, result: JobResult, *, clone_is_fine: bool = False) -> None:
         super().__init__(result.reason)
         self.result = result
+        # Failed for what was asked (a ref not on the remote), not the clone.
+        self.clone_is_fine = clone_is_fine
 
 
 class JobExecutor:
@@ -137,6 +139,7 @@ class JobExecutor:
         except _StepFailed as failed:
             if (
                 failed.result.git_auth_failed
+                or failed.clone_is_fine
                 or failed.result.status is not JobStatus.ERROR
             ):
                 raise
@@ -255,13 +258,16 @@ class JobExecutor:
             output = b"".join(self._tail).decode("utf-8", "replace")
             auth = git.is_auth_failure(output)
             step = _subcommand(argv)
+            missing = step == "fetch" and git.is_missing_on_remote(output)
             raise _StepFailed(
                 JobResult(
                     JobStatus.ERROR,
                     reason=f"git {step} failed (exit code {result.returncode})"
-                    + ("; GitHub refused the stored token" if auth else ""),
+                    + ("; GitHub refused the stored token" if auth else "")
+                    + ("; the ref or commit is not on GitHub" if missing else ""),
                     git_auth_failed=auth,
-                )
+                ),
+                clone_is_fine=missing,
             )
 
     async def _process(

@@ -228,6 +228,17 @@ async def rev_parse(repo: Path, rev: str, env: Mapping[str, str]) -> str | None:
     return sha if result.returncode == 0 and is_sha(sha) else None
 
 
+_MISSING_ON_REMOTE = re.compile(
+    r"couldn't find remote ref|not our ref|unadvertised object"
+)
+
+
+def is_missing_on_remote(output: str) -> bool:
+    """Whether a fetch failed because the ref or commit it asked for is not
+    on the remote (the clone itself is fine)."""
+    return _MISSING_ON_REMOTE.search(output) is not None
+
+
 def is_auth_failure(output: str) -> bool:
     """Whether git's output says the credentials are missing or rejected,
     or the repository is invisible to them (GitHub answers "not found")."""

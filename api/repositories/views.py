@@ -73,7 +73,9 @@ async def retrieve_repository(request: web.Request) -> web.Response:
 
 @operations.register
 async def delete_repository(request: web.Request) -> web.Response:
-    _, repository = await auth.authorize_registered(request, push=True)
+    _, repository = await auth.authorize_registered(
+        request, push=True, also_replaced=True
+    )
     await service.unregister(request.app[STORAGE], request.app[RUNNER], repository)
     return web.Response(status=204)
 
