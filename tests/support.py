@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -224,3 +225,13 @@ async def revoke(client: Client, owner: str = OWNER, name: str = REPO) -> None:
         await storage.repositories.set_status(
             conn, repository.id, RepositoryStatus.REVOKED, "lost access"
         )
+
+
+def only_git_on_path(tmp_path: Path) -> str:
+    """A PATH with git and nothing else (no make)."""
+    tools = tmp_path / "only-git"
+    tools.mkdir()
+    git_path = shutil.which("git")
+    assert git_path is not None
+    (tools / "git").symlink_to(git_path)
+    return str(tools)

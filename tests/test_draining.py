@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tests.support import (
     Client,
     GitRemote,
     auth_headers,
+    only_git_on_path,
     push_payload,
     register,
     wait_for_job,
@@ -136,12 +136,7 @@ async def test_without_make_an_instance_leaves_jobs_to_another_one(
     on its PATH) takes no job while the old one is alive; alone, it takes
     them, and they fail with the reason."""
     await register(client)
-    tools = tmp_path / "only-git"
-    tools.mkdir()
-    git_path = shutil.which("git")
-    assert git_path is not None
-    (tools / "git").symlink_to(git_path)
-    client.app[RUNNER].host_env["PATH"] = str(tools)
+    client.app[RUNNER].host_env["PATH"] = only_git_on_path(tmp_path)
     other = InstanceLock(settings.instances_dir, "other-instance")
     other.acquire()
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
-import shutil
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from tests.support import (
     Client,
     GitRemote,
     auth_headers,
+    only_git_on_path,
     register,
     send_push,
     wait_for_job,
@@ -589,12 +589,7 @@ async def test_a_missing_make_is_an_error_with_a_reason(
     client: Client, remote: GitRemote, tmp_path: Path
 ) -> None:
     await register(client)
-    tools = tmp_path / "only-git"
-    tools.mkdir()
-    git_path = shutil.which("git")
-    assert git_path is not None
-    (tools / "git").symlink_to(git_path)
-    client.app[RUNNER].host_env["PATH"] = str(tools)
+    client.app[RUNNER].host_env["PATH"] = only_git_on_path(tmp_path)
     job = await wait_for_job(client, int((await deploy(client))["number"]))
     assert job["status"] == "error"
     assert job["reason"] == "cannot run make: not found"
