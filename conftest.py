@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -11,6 +11,7 @@ import pytest
 from api.app import create_app
 from api.settings import Settings
 from tests.fakes.github import FakeGitHub, fake_github
+from tests.servers import ServerFactory, ServerProcess
 from tests.support import (
     OWNER,
     PASSING_MAKEFILE,
@@ -73,3 +74,28 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         timeout=aiohttp.ClientTimeout(total=30)
     ) as session:
         yield session
+
+
+@pytest.fixture
+def servers(tmp_path: Path, github: FakeGitHub) -> Iterator[ServerFactory]:
+    """Start ``python -m api serve`` processes on one data dir (by default),
+    against the fake GitHub; each is killed at the end of the test."""
+    started: list[ServerProcess] = []
+
+    def start(data_dir: Path | None = None, **env: str) -> ServerProcess:
+        process = ServerProcess(
+            data_dir or tmp_path / "var",
+            {
+                "HOBOTNICA_GITHUB_API_URL": github.url,
+                "HOBOTNICA_GITHUB_CLONE_URL": clone_url_template(tmp_path),
+                "HOBOTNICA_KILL_GRACE": "1",
+                "HOBOTNICA_SHUTDOWN_TIMEOUT": "30",
+                **env,
+            },
+        )
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()

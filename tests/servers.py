@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
@@ -134,3 +134,7 @@ class ServerProcess:
             return
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
+
+
+# The ``servers`` fixture (conftest.py): start(data_dir=None, **env).
+ServerFactory = Callable[..., ServerProcess]

@@ -6,45 +6,20 @@ import asyncio
 import itertools
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.fakes.github import FakeGitHub
-from tests.servers import ServerProcess
-from tests.support import FINISHED, GitRemote, auth_headers, clone_url_template
+from tests.servers import ServerFactory, ServerProcess
+from tests.support import FINISHED, GitRemote, auth_headers
 from tests.test_jobs_runner import processes_with
 
 pytestmark = pytest.mark.integrational
 
 REPO = "/api/repositories/octocat/hello"
-ServerFactory = Callable[..., ServerProcess]
-
-
-@pytest.fixture
-def servers(tmp_path: Path, github: FakeGitHub) -> Any:
-    started: list[ServerProcess] = []
-
-    def start(data_dir: Path | None = None, **env: str) -> ServerProcess:
-        process = ServerProcess(
-            data_dir or tmp_path / "var",
-            {
-                "HOBOTNICA_GITHUB_API_URL": github.url,
-                "HOBOTNICA_GITHUB_CLONE_URL": clone_url_template(tmp_path),
-                "HOBOTNICA_KILL_GRACE": "1",
-                "HOBOTNICA_SHUTDOWN_TIMEOUT": "30",
-                **env,
-            },
-        )
-        started.append(process)
-        return process.start()
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 async def call(

@@ -15,22 +15,20 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.fakes.github import FakeGitHub
-from tests.servers import ServerProcess
+from tests.servers import ServerFactory, ServerProcess
 from tests.support import (
     FINISHED,
     OWNER,
     REPO,
     GitRemote,
     auth_headers,
-    clone_url_template,
     push_payload,
     webhook_headers,
 )
@@ -42,7 +40,6 @@ JOBS = f"/api/repositories/{OWNER}/{REPO}/jobs"
 PROMPT = 5.0
 # What requests still in progress get once the jobs are done (deploy/README.md).
 CUT_OFF = 5.0
-Start = Callable[..., ServerProcess]
 
 
 def makefile(go: Path, output: str = "") -> str:
@@ -64,29 +61,6 @@ def go(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "GO"
     yield path
     path.touch()
-
-
-@pytest.fixture
-def start(tmp_path: Path, github: FakeGitHub) -> Iterator[Start]:
-    started: list[ServerProcess] = []
-
-    def start(**env: str) -> ServerProcess:
-        server = ServerProcess(
-            tmp_path / "var",
-            {
-                "HOBOTNICA_GITHUB_API_URL": github.url,
-                "HOBOTNICA_GITHUB_CLONE_URL": clone_url_template(tmp_path),
-                "HOBOTNICA_KILL_GRACE": "1",
-                "HOBOTNICA_LOG_LEVEL": "INFO",
-                **env,
-            },
-        )
-        started.append(server)
-        return server.start()
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 async def get_json(http: aiohttp.ClientSession, url: str) -> Any:
@@ -159,6 +133,21 @@ async def read_until(response: aiohttp.ClientResponse, marker: bytes) -> bytes:
     return received
 
 
+async def follow_job_run_by(
+    http: aiohttp.ClientSession,
+    server: ServerProcess,
+    number: int,
+    runner: ServerProcess,
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    """Follow job ``number`` on ``server`` up to its line naming the process
+    that runs it, which must be ``runner``."""
+    follower = await follow(http, server, number)
+    received = await read_until(follower, b"ran-by=")
+    assert runner.process is not None
+    assert ran_by(received) == runner.process.pid
+    return follower, received
+
+
 def logs(tmp_path: Path, number: int) -> list[Path]:
     return list((tmp_path / "var").glob(f"logs/*/{number}.log"))
 
@@ -195,18 +184,15 @@ async def wait_draining(http: aiohttp.ClientSession, server: ServerProcess) -> N
 
 
 async def test_follower_of_a_job_run_elsewhere_ends_and_resumes_there(
-    http: aiohttp.ClientSession, start: Start, remote: GitRemote, go: Path
+    http: aiohttp.ClientSession, servers: ServerFactory, remote: GitRemote, go: Path
 ) -> None:
     remote.commit({"Makefile": makefile(go)})
-    old = start(HOBOTNICA_SHUTDOWN_TIMEOUT="2")
+    old = servers(HOBOTNICA_SHUTDOWN_TIMEOUT="2")
     webhook = await register(http, old)
-    new = start()
+    new = servers()
     number = await push(http, new, webhook, remote)
     # Before the switch, nginx sends the follower to the old instance.
-    follower = await follow(http, old, number)
-    received = await read_until(follower, b"ran-by=")
-    assert new.process is not None
-    assert ran_by(received) == new.process.pid
+    follower, received = await follow_job_run_by(http, old, number, new)
 
     old.signal(signal.SIGTERM)
     received += await read_to_end(follower, PROMPT)  # no ClientPayloadError
@@ -227,19 +213,16 @@ async def test_follower_of_a_job_run_elsewhere_ends_and_resumes_there(
 
 async def test_follower_of_its_own_job_streams_until_the_job_ends(
     http: aiohttp.ClientSession,
-    start: Start,
+    servers: ServerFactory,
     remote: GitRemote,
     go: Path,
     tmp_path: Path,
 ) -> None:
     remote.commit({"Makefile": makefile(go)})
-    old = start(HOBOTNICA_SHUTDOWN_TIMEOUT="30")
+    old = servers(HOBOTNICA_SHUTDOWN_TIMEOUT="30")
     webhook = await register(http, old)
     number = await push(http, old, webhook, remote)
-    follower = await follow(http, old, number)
-    received = await read_until(follower, b"ran-by=")
-    assert old.process is not None
-    assert ran_by(received) == old.process.pid
+    follower, received = await follow_job_run_by(http, old, number, old)
 
     old.signal(signal.SIGTERM)
     await wait_draining(http, old)
@@ -254,7 +237,7 @@ async def test_follower_of_its_own_job_streams_until_the_job_ends(
 
 async def test_a_follower_that_reads_nothing_does_not_hold_the_exit_up(
     http: aiohttp.ClientSession,
-    start: Start,
+    servers: ServerFactory,
     remote: GitRemote,
     go: Path,
     tmp_path: Path,
@@ -265,7 +248,7 @@ async def test_a_follower_that_reads_nothing_does_not_hold_the_exit_up(
     output = f"head -c {size} /dev/zero | tr '\\0' y; echo"
     remote.commit({"Makefile": makefile(go, output)})
     shutdown_timeout = 1.0
-    old = start(HOBOTNICA_SHUTDOWN_TIMEOUT=str(shutdown_timeout))
+    old = servers(HOBOTNICA_SHUTDOWN_TIMEOUT=str(shutdown_timeout))
     webhook = await register(http, old)
     number = await push(http, old, webhook, remote)
     async with asyncio.timeout(20):  # until the output is in the log

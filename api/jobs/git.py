@@ -228,6 +228,12 @@ async def rev_parse(repo: Path, rev: str, env: Mapping[str, str]) -> str | None:
     return sha if result.returncode == 0 and is_sha(sha) else None
 
 
+def short_branch(ref: str) -> str:
+    """A branch named by its full ref (``refs/heads/main``, as a push names
+    it) is the branch (``main``)."""
+    return ref.removeprefix("refs/heads/")
+
+
 _MISSING_ON_REMOTE = re.compile(
     r"couldn't find remote ref|not our ref|unadvertised object"
 )

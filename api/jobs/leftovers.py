@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable
 
 from api.jobs.executor import MARKER_NAME
 
@@ -37,13 +36,13 @@ def marked_processes(prefix: str, *, exact: bool = False) -> list[int]:
             except OSError:  # gone, or not ours
                 continue
             items = environ.split(b"\0")
-            if wanted in items if exact else any(map(_starts(wanted), items)):
+            if exact:
+                matched = wanted in items
+            else:
+                matched = any(item.startswith(wanted) for item in items)
+            if matched:
                 found.append(int(entry.name))
     return found
-
-
-def _starts(prefix: bytes) -> Callable[[bytes], bool]:
-    return lambda item: item.startswith(prefix)
 
 
 def kill_marked(prefix: str, *, exact: bool = False) -> int:

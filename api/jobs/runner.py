@@ -406,14 +406,14 @@ class JobRunner:
             await self.recover_orphans()
         if self.running:
             await self._pick_up_remote_cancels()
-        if not self._can_run_jobs():
-            return
         while (
             len(self.running) + self._reserved < self.settings.max_jobs
             and not self.draining
         ):
             new_job, self._new_job = self._new_job, False
             if not new_job and not await self.storage.jobs.has_claimable():
+                return
+            if not self._can_run_jobs():
                 return
             job = await self.storage.jobs.claim(self.instance_id)
             if job is None:

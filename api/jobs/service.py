@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from api.errors import Conflict, NotFound
+from api.jobs import git
 from api.jobs.runner import JobRunner, log_path
 from api.storage import Storage
 from api.storage.records import (
@@ -30,8 +31,8 @@ async def queue_deploy(
     runner.ensure_accepting()
     if repository.status is RepositoryStatus.REVOKED:
         raise Conflict(f"{repository.full_name}: access was revoked; register it again")
-    # A branch by its full name is the branch (test jobs record the short one).
-    ref = (ref or repository.branch).removeprefix("refs/heads/")
+    # Test jobs record the short name.
+    ref = git.short_branch(ref or repository.branch)
     if require_tests:
         sha = await _tested_sha(storage, repository, ref, sha)
     async with storage.db.transaction() as conn:

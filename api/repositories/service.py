@@ -38,8 +38,7 @@ async def register(
     (a revoked one: registered again, see ``_register_again``)."""
     runner.ensure_accepting()
     if branch is not None:
-        # ``refs/heads/main`` (as a push names it) tracks ``main``.
-        branch = branch.removeprefix("refs/heads/")
+        branch = git.short_branch(branch)
         if not branch:
             raise ValidationFailed(["body", "branch"], "is not a valid branch name")
     tracked = branch or access.default_branch

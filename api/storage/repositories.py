@@ -174,10 +174,7 @@ class RepositoryStore:
     ) -> None:
         """Raise ``RepositoryGone`` unless the repository is (still) there;
         in a write transaction, it stays for the rest of it."""
-        rows = await conn.execute_fetchall(
-            "SELECT 1 FROM repositories WHERE id = ?", (repository_id,)
-        )
-        if not rows:
+        if await self.status_in(conn, repository_id) is None:
             raise RepositoryGone(f"repository {repository_id} is gone")
 
     async def delete(self, conn: aiosqlite.Connection, repository_id: int) -> None:
