@@ -61,7 +61,7 @@ class DeliveryStore:
     ) -> bool:
         """Record a delivery that queued nothing; False if it was known."""
         try:
-            changed = await self.db.execute_write(
+            changed = await self.db.execute_write_now(
                 "INSERT OR IGNORE INTO deliveries"
                 " (repository_id, delivery_id, event, result, job_id, received_at)"
                 " VALUES (?, ?, ?, ?, NULL, ?)",
