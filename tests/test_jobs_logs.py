@@ -140,6 +140,37 @@ def test_random_chunk_boundaries_match_the_reference() -> None:
         assert SecretMasker(secrets).mask(data) == expected
 
 
+def test_long_output_searched_by_rare_bytes_matches_the_reference() -> None:
+    """Output long enough for the masker to look for secrets by a byte that
+    is rare in it (and to review that choice): floods of one byte, bytes the
+    secrets share, secrets and their halves at random places."""
+    rng = random.Random(20261123)
+    for _ in range(100):
+        secrets = [
+            "".join(rng.choice("0123456789abcdef-") for _ in range(rng.randint(4, 12)))
+            for _ in range(rng.randint(1, 4))
+        ]
+        flood = rng.choice([b"x", b"8", b"0", b"ab", b"x\n"])
+        pieces = []
+        for _ in range(rng.randint(10, 40)):
+            secret = rng.choice(secrets).encode()
+            pieces.append(
+                rng.choice(
+                    [
+                        flood * rng.randint(0, 3000),
+                        secret,
+                        secret[: len(secret) // 2],
+                        secret[len(secret) // 2 :],
+                        bytes([rng.randrange(256)]),
+                    ]
+                )
+            )
+        data = b"".join(pieces)
+        cuts = [rng.randint(0, len(data)) for _ in range(rng.randint(0, 6))]
+        expected = reference_mask(data, secrets)
+        assert stream(SecretMasker(secrets), split_at(data, cuts)) == expected
+
+
 def test_random_text_never_shows_a_secret() -> None:
     rng = random.Random(7)
     secrets = ["ghp_abcdef123", "abc", "123456", "f12"]
