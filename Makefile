@@ -22,10 +22,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the tests drive for real: git, make, nginx, systemd-analyze.
+# Debian packages the tests drive for real: git, make, nginx, systemd-analyze,
+# strace (which thread syncs the database).
 system-deps:
 	@missing=""; \
-	for tool in git make nginx systemd-analyze; do \
+	for tool in git make nginx systemd-analyze strace; do \
 		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; \
 	done; \
 	if [ -n "$$missing" ]; then \

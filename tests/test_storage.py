@@ -11,11 +11,13 @@ import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from api.crypto import SecretBox, load_or_create_key
 from api.storage import Storage
+from api.storage import db as db_module
 from api.storage.db import migration_scripts
 from api.storage.records import JobKind, JobStatus
 
@@ -261,6 +263,22 @@ async def record_delivery(storage: Storage, repository_id: int, delivery: str) -
     )
 
 
+def record_thread_statements(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """The statements sent to aiosqlite's thread from now on."""
+    statements: list[str] = []
+    connection = storage.db.connection
+    execute = connection.execute
+
+    def recording(sql: str, *args: Any) -> Any:
+        statements.append(sql)
+        return execute(sql, *args)
+
+    monkeypatch.setattr(connection, "execute", recording)
+    return statements
+
+
 async def test_writes_on_the_loop_queue_behind_another_process_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -271,14 +289,7 @@ async def test_writes_on_the_loop_queue_behind_another_process_lock(
     storage = Storage(path)
     await storage.open()
     repository_id = await add_repository(storage, "hello")
-    through_thread: list[str] = []
-    execute_write = storage.db.execute_write
-
-    async def recording(sql: str, params: Sequence[object] = ()) -> int:
-        through_thread.append(sql)
-        return await execute_write(sql, params)
-
-    monkeypatch.setattr(storage.db, "execute_write", recording)
+    through_thread = record_thread_statements(storage, monkeypatch)
     assert await record_delivery(storage, repository_id, "first")
     assert not await record_delivery(storage, repository_id, "first")
     assert through_thread == []
@@ -294,6 +305,83 @@ async def test_writes_on_the_loop_queue_behind_another_process_lock(
     other.close()
     assert await storage.deliveries.count(repository_id) == 2
     await storage.close()
+
+
+async def test_every_so_many_loop_writes_one_checkpoints_on_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_module, "LOOP_WRITES_PER_CHECKPOINT", 5)
+    storage = Storage(tmp_path / "db.sqlite3")
+    await storage.open()
+    repository_id = await add_repository(storage, "hello")
+    through_thread = record_thread_statements(storage, monkeypatch)
+    for number in range(12):
+        await record_delivery(storage, repository_id, f"delivery-{number}")
+    checkpoint = "PRAGMA wal_checkpoint(RESTART)"
+    assert [sql.split()[0] for sql in through_thread] == [*["PRAGMA", "INSERT"] * 2]
+    assert through_thread[0] == checkpoint
+    assert await storage.deliveries.count(repository_id) == 12
+    await storage.close()
+
+
+SYNCING_SCRIPT = """
+import asyncio, os, sys
+from pathlib import Path
+from api.storage import Storage
+
+async def main():
+    storage = Storage(Path(sys.argv[1]))
+    await storage.open()
+    async with storage.db.transaction() as conn:
+        repository = await storage.repositories.create(
+            conn, owner="octocat", name="hello", branch="main", private=False,
+            registered_by="octocat", token_encrypted="x", webhook_uid="uid",
+            webhook_secret_encrypted="y",
+        )
+    print(os.getpid(), flush=True)
+    for number in range(int(sys.argv[2])):
+        await storage.deliveries.record_once(
+            repository_id=repository.id, delivery_id=f"d{number}",
+            event="push", result="ignored",
+        )
+    await storage.close()
+
+asyncio.run(main())
+"""
+
+
+def test_writes_on_the_loop_never_sync_the_disk_there(tmp_path: Path) -> None:
+    """fsync and fdatasync (checkpoints, the WAL header after a restart) happen
+    on aiosqlite's thread, never on the event loop's: a slow disk must not
+    freeze the server. Traced with strace, per thread."""
+    trace = tmp_path / "trace"
+    result = subprocess.run(
+        [
+            "strace",
+            "-f",
+            "-qq",
+            "--seccomp-bpf",
+            "-e",
+            "trace=fsync,fdatasync",
+            "-o",
+            str(trace),
+            sys.executable,
+            "-c",
+            SYNCING_SCRIPT,
+            str(tmp_path / "db.sqlite3"),
+            "3000",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    main_thread = result.stdout.split()[0]
+    # Lines after the first of the loop's writes: "TID fdatasync(7) = 0".
+    syncs = [line.split()[0] for line in trace.read_text().splitlines()]
+    assert len(syncs) >= 10  # 3,000 writes: several checkpoints
+    assert main_thread not in syncs
 
 
 async def test_writes_on_the_loop_wait_for_an_open_transaction(

@@ -18,6 +18,7 @@ from api.errors import ValidationFailed
 from api.keys import RUNNER, STORAGE
 from api.webhooks.payloads import parse_body, parse_push
 from tests.fakes.github import FakeGitHub
+from tests.fuzz_support import raw_request
 from tests.support import (
     Client,
     GitRemote,
@@ -799,3 +800,44 @@ def test_parse_push(data: dict[str, Any], branch: str | None, removes: bool) -> 
 def test_parse_push_without_sender() -> None:
     push = parse_push({"ref": "refs/heads/main", "after": "a" * 40, "sender": "x"})
     assert push.sender is None
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("X-GitHub-Delivery", b"id-\xff\xfe"),
+        ("X-GitHub-Delivery", b"x" * 200),
+        ("X-GitHub-Event", b"issues\xff"),
+        ("X-GitHub-Event", b"e" * 100),
+    ],
+)
+async def test_signed_delivery_with_bad_header_bytes_is_422(
+    client: Client, webhook: Webhook, header: str, value: bytes
+) -> None:
+    """The signature covers the body only: a header that is not printable
+    ASCII (aiohttp keeps undecodable bytes as surrogates) is refused before
+    it reaches the database, not a 500."""
+    body = json.dumps({"zen": "Keep it logically awesome."}).encode()
+    headers = {
+        "X-GitHub-Event": b"ping",
+        "X-GitHub-Delivery": b"delivery-1",
+        header: value,
+        "X-Hub-Signature-256": webhook_headers(body, webhook["secret"])[
+            "X-Hub-Signature-256"
+        ].encode(),
+    }
+    lines = headers.items()
+    request = (
+        f"POST {webhook_path(webhook)} HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n".encode()
+        + b"".join(name.encode() + b": " + raw + b"\r\n" for name, raw in lines)
+        + b"\r\n"
+        + body
+    )
+    assert client.server.host is not None and client.server.port is not None
+    answer = await raw_request(client.server.host, client.server.port, request)
+    assert answer.status == 422, answer
+    [error] = answer.body["detail"]
+    assert error["loc"] == ["header", header]
+    assert await deliveries_of(client) == []

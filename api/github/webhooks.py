@@ -12,6 +12,8 @@ from .errors import InvalidSignature
 from .models import WebhookEvent
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+EVENT_HEADER = "X-GitHub-Event"
+DELIVERY_HEADER = "X-GitHub-Delivery"
 _SIGNATURE_RE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
 
@@ -56,6 +58,6 @@ def verify_webhook(
     except ValidationFailure:
         raise InvalidSignature("signature does not match") from None
     return WebhookEvent(
-        event=lookup.get("X-GitHub-Event", "").strip(),
-        delivery_id=lookup.get("X-GitHub-Delivery") or None,
+        event=lookup.get(EVENT_HEADER, "").strip(),
+        delivery_id=lookup.get(DELIVERY_HEADER) or None,
     )

@@ -17,6 +17,9 @@ import aiosqlite
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 10_000
+# Writes on the event loop between two checkpoints (see execute_write_now):
+# at ~3 WAL pages each, about SQLite's own 1,000-page mark.
+LOOP_WRITES_PER_CHECKPOINT = 300
 
 Row = sqlite3.Row
 
@@ -37,6 +40,8 @@ class Database:
         # execute_write_now); the writer never waits for a lock.
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
+        self._loop_writes = 0
+        self._checkpointing = False
         self._write_lock = asyncio.Lock()
 
     @property
@@ -104,24 +109,48 @@ class Database:
         """``execute_write`` for a small indexed write on a request's critical
         path (one row, no trigger): run right here, as ``fetch_one_now``
         reads. Two thread wake-ups cost more CPU than the write itself, and
-        under load they cost the event loop the GIL. In WAL mode with
-        ``synchronous = NORMAL`` a commit appends to the WAL without a sync
-        (about 20 us); the commit that takes the WAL past 1,000 pages also
-        checkpoints it, here about 4 ms once in some 300 deliveries. (A
-        checkpoint in a thread beside the loop's writes never catches up, and
-        the WAL then grows without end.) When a transaction of this process
-        or another holds the write lock, the write queues on aiosqlite's
-        thread after all.
+        under load they cost the event loop the GIL.
+
+        No disk sync happens here: in WAL mode with ``synchronous = NORMAL``
+        a commit appends to the WAL without one (~20 us), and this writer
+        never checkpoints. Every ``LOOP_WRITES_PER_CHECKPOINT`` writes, the
+        next one checkpoints on aiosqlite's thread instead (see
+        ``_checkpoint_and_write``). When SQLite's write lock is taken (a
+        transaction of this process or of another), the write queues on that
+        thread as well.
         """
-        if self._writer is not None and not self._write_lock.locked():
+        if self._writer is not None and not self._checkpointing:
+            if self._loop_writes >= LOOP_WRITES_PER_CHECKPOINT:
+                return await self._checkpoint_and_write(sql, params)
             try:
                 changed = self._writer.execute(sql, params).rowcount
             except sqlite3.OperationalError as err:
                 if err.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                     raise
             else:
+                self._loop_writes += 1
                 return changed
         return await self.execute_write(sql, params)
+
+    async def _checkpoint_and_write(self, sql: str, params: Sequence[Any]) -> int:
+        """Checkpoint, then write, on aiosqlite's thread, with the loop's own
+        writes queued behind: the checkpoint copies the whole WAL (one beside
+        the loop's steady writes never catches up, and the WAL then grows
+        without end), and the write after it starts the WAL over, so that
+        the syncs of both happen on that thread."""
+        self._checkpointing = True
+        try:
+            async with self._write_lock:
+                self._loop_writes = 0
+                try:
+                    await self.connection.execute("PRAGMA wal_checkpoint(RESTART)")
+                except sqlite3.Error as err:  # the WAL waits for the next one
+                    logger.warning("WAL checkpoint failed: %s", err)
+                cursor = await self.connection.execute(sql, params)
+                changed: int = cursor.rowcount
+                return changed
+        finally:
+            self._checkpointing = False
 
     async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """One ``... RETURNING`` statement on its own (autocommit), one trip.
@@ -193,6 +222,7 @@ def _open_writer(path: Path) -> sqlite3.Connection:
     writer = sqlite3.connect(path, timeout=0, isolation_level=None)
     writer.execute("PRAGMA synchronous = NORMAL")
     writer.execute("PRAGMA foreign_keys = ON")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
     return writer
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 from api.crypto import SecretBox
-from api.errors import Gone, NotFound, Unauthorized
+from api.errors import Gone, NotFound, Unauthorized, ValidationFailed
 from api.github import InvalidSignature, signature_digest, verify_webhook
+from api.github.models import WebhookEvent
+from api.github.webhooks import DELIVERY_HEADER, EVENT_HEADER
 from api.jobs.runner import JobRunner
 from api.storage import Storage
 from api.storage.records import JobKind, JobRecord, RepositoryRecord, RepositoryStatus
@@ -21,6 +24,11 @@ _T = TypeVar("_T")
 
 # Bodies above this size are hashed and parsed off the event loop.
 LARGE_BODY = 2**20
+# GitHub sends a GUID and names like ``pull_request``. The signature does not
+# cover headers, so they are checked before they are stored: printable ASCII
+# (any other event is ignored, as is a delivery without one).
+_DELIVERY_ID_RE = re.compile(r"[ -~]{1,128}")
+_EVENT_RE = re.compile(r"[ -~]{0,64}")
 
 IGNORED = "ignored"
 QUEUED = "queued"
@@ -61,6 +69,7 @@ async def receive(
         event = await _run(body, verify_webhook, headers, body, secret)
     except InvalidSignature:
         raise Unauthorized("Invalid signature") from None
+    _check_headers(event)
     if repository.status is RepositoryStatus.REVOKED:
         raise Gone(f"Access to {repository.full_name} was revoked")
     if event.event == "ping":
@@ -87,6 +96,19 @@ async def receive(
     finally:
         if early is not None:  # adopted by the push's job, or stopped here
             await runner.discard_early_fetch(early)
+
+
+def _check_headers(event: WebhookEvent) -> None:
+    if event.delivery_id is not None and not _DELIVERY_ID_RE.fullmatch(
+        event.delivery_id
+    ):
+        raise ValidationFailed(
+            ["header", DELIVERY_HEADER], "must be 1-128 printable ASCII characters"
+        )
+    if not _EVENT_RE.fullmatch(event.event):
+        raise ValidationFailed(
+            ["header", EVENT_HEADER], "must be at most 64 printable ASCII characters"
+        )
 
 
 async def _run(
