@@ -321,6 +321,17 @@ async def test_every_so_many_loop_writes_one_checkpoints_on_the_thread(
     assert [sql.split()[0] for sql in through_thread] == [*["PRAGMA", "INSERT"] * 2]
     assert through_thread[0] == checkpoint
     assert await storage.deliveries.count(repository_id) == 12
+
+    # Writes that come while it runs wait for it, then go on the loop.
+    for number in range(5):  # the next write checkpoints
+        await record_delivery(storage, repository_id, f"before-{number}")
+    through_thread.clear()
+    await asyncio.gather(
+        *(record_delivery(storage, repository_id, f"during-{n}") for n in range(6))
+    )
+    assert through_thread == [checkpoint, through_thread[1]]
+    assert through_thread[1].startswith("INSERT")
+    assert await storage.deliveries.count(repository_id) == 23
     await storage.close()
 
 

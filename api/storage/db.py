@@ -41,7 +41,8 @@ class Database:
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
         self._loop_writes = 0
-        self._checkpointing = False
+        # Set while _checkpoint_and_write runs; the loop's writes wait for it.
+        self._checkpointing: asyncio.Event | None = None
         self._write_lock = asyncio.Lock()
 
     @property
@@ -115,11 +116,13 @@ class Database:
         a commit appends to the WAL without one (~20 us), and this writer
         never checkpoints. Every ``LOOP_WRITES_PER_CHECKPOINT`` writes, the
         next one checkpoints on aiosqlite's thread instead (see
-        ``_checkpoint_and_write``). When SQLite's write lock is taken (a
-        transaction of this process or of another), the write queues on that
-        thread as well.
+        ``_checkpoint_and_write``), and the writes that come meanwhile wait
+        for it. When SQLite's write lock is taken (a transaction of this
+        process or of another), the write queues on that thread.
         """
-        if self._writer is not None and not self._checkpointing:
+        if self._writer is not None:
+            while self._checkpointing is not None:
+                await self._checkpointing.wait()
             if self._loop_writes >= LOOP_WRITES_PER_CHECKPOINT:
                 return await self._checkpoint_and_write(sql, params)
             try:
@@ -134,11 +137,11 @@ class Database:
 
     async def _checkpoint_and_write(self, sql: str, params: Sequence[Any]) -> int:
         """Checkpoint, then write, on aiosqlite's thread, with the loop's own
-        writes queued behind: the checkpoint copies the whole WAL (one beside
-        the loop's steady writes never catches up, and the WAL then grows
+        writes waiting: the checkpoint copies the whole WAL (one beside the
+        loop's steady writes never catches up, and the WAL then grows
         without end), and the write after it starts the WAL over, so that
         the syncs of both happen on that thread."""
-        self._checkpointing = True
+        checkpointing = self._checkpointing = asyncio.Event()
         try:
             async with self._write_lock:
                 self._loop_writes = 0
@@ -150,7 +153,8 @@ class Database:
                 changed: int = cursor.rowcount
                 return changed
         finally:
-            self._checkpointing = False
+            self._checkpointing = None
+            checkpointing.set()
 
     async def write_returning(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         """One ``... RETURNING`` statement on its own (autocommit), one trip.
