@@ -132,8 +132,8 @@ class SecretMasker:
         most = len(sample) * RARE
         values = self._values
         counts = {byte: sample.count(byte) for byte in set(b"".join(values))}
-        rare = [byte for byte, count in counts.items() if count <= most]
-        uncovered = {i for i, value in enumerate(values) if set(rare) & set(value)}
+        rare = {byte for byte, count in counts.items() if count <= most}
+        uncovered = {i for i, value in enumerate(values) if rare.intersection(value)}
         self._anchors[:] = [None] * len(values)
         while uncovered:
             covering = {
